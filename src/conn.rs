@@ -85,7 +85,8 @@ pub struct HttpConn {
     pub continue_sent: bool,
     /// When the first byte of the current, incomplete request arrived.
     pub request_started: Option<Instant>,
-    /// When the last response was queued or the connection opened: keep-alive clock.
+    /// When the last response was queued: the keep-alive clock. `None` until the first
+    /// response, while the request timeout (counted from accept) applies instead.
     pub last_activity: Option<Instant>,
     /// Close once `outbuf` is written (after an error, or `Connection: close`).
     pub close_after_write: bool,

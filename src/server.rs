@@ -262,7 +262,7 @@ impl Server {
                 .timers
                 .insert(first, Deadline::Connection { key, serial });
             let http = HttpConn {
-                last_activity: Some(now),
+                request_started: Some(now),
                 readable: true,
                 ..HttpConn::default()
             };
@@ -767,6 +767,18 @@ impl Server {
             }
         }
 
+        // A 101 must not overtake responses still held for the pass commit.
+        let behind_held = match self.conns.get(key).map(|c| &c.phase) {
+            Some(Phase::Http(http)) => !http.held.is_empty(),
+            _ => false,
+        };
+        if behind_held {
+            let message = "a WebSocket upgrade must not be pipelined behind other requests";
+            let response = api::failure(400, message, "websocket");
+            self.respond(key, &head, response, "websocket", started, false);
+            return;
+        }
+
         let handshake = match build_handshake(&head) {
             Ok(response) => response,
             Err(message) => {
@@ -1017,6 +1029,13 @@ impl Server {
                     self.ws_close(key, CloseCode::Invalid, "Invalid UTF-8");
                     return;
                 }
+                Err(tungstenite::Error::Protocol(
+                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                )) => {
+                    // The peer vanished (EOF without a close frame): nothing to answer.
+                    self.remove(key, None, "connection lost");
+                    return;
+                }
                 Err(tungstenite::Error::Protocol(_)) => {
                     self.ws_close(key, CloseCode::Protocol, "Protocol error");
                     return;
@@ -1240,10 +1259,12 @@ impl Server {
 
         let next = match &mut conn.phase {
             Phase::Http(http) => {
-                if let Some(started) = http
-                    .request_started
-                    .filter(|_| !http.inbuf.is_empty() || http.head.is_some())
-                {
+                if let Some(started) = http.request_started.filter(|_| {
+                    // A new connection owes its first request within the request
+                    // timeout too, so a silent client cannot hold a slot for long.
+                    let first = http.last_activity.is_none();
+                    first || !http.inbuf.is_empty() || http.head.is_some()
+                }) {
                     let due = started + request_timeout;
                     if now >= due {
                         event!(Level::Info, "http_request_timeout", peer = peer);
@@ -1488,10 +1509,9 @@ impl Server {
             match &mut conn.phase {
                 Phase::WebSocket(_) => self.ws_close(key, CloseCode::Away, "Server shutting down"),
                 Phase::Http(http) => {
-                    let idle = http.held.is_empty()
-                        && http.unwritten() == 0
-                        && http.head.is_none()
-                        && http.inbuf.is_empty();
+                    // Responses owed are finished; a request not yet fully received
+                    // is not in flight and is dropped with the connection.
+                    let idle = http.held.is_empty() && http.unwritten() == 0;
                     if idle {
                         self.drop_http(key, "server shutting down");
                     } else {
