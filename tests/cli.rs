@@ -81,9 +81,12 @@ fn help_and_version_print_and_exit_zero() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("frobnicate"));
 }
 
+/// A refused configuration: file text, environment, and the key the error must name.
+type RefusedCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn config_errors_exit_2_naming_the_key() {
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    let cases: [RefusedCase<'_>; 5] = [
         ("[server]\nlisen = \"127.0.0.1:0\"", &[], "server.lisen"),
         ("[nosuchsection]\nx = 1", &[], "nosuchsection"),
         (

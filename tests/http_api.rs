@@ -374,7 +374,7 @@ fn bad_bodies_and_identifiers_get_400_naming_the_problem() {
         (format!("{base}/bad$item/update"), "item_code"),
         (format!("{base}/../update"), "item_code"),
         (
-            format!("/api/v1/tenants/t%201/stores/s1/stock/A/update"),
+            "/api/v1/tenants/t%201/stores/s1/stock/A/update".to_owned(),
             "tenant_id",
         ),
         (
