@@ -511,6 +511,13 @@ impl Server {
             if head.expect_continue && !http.continue_sent {
                 http.continue_sent = true;
                 http.outbuf.extend_from_slice(http::CONTINUE);
+                // Send it now: the client waits for it before sending the body, so
+                // no later read would come to flush it.
+                if let Err(error) = http.flush(&mut conn.socket) {
+                    let reason = error.to_string();
+                    self.drop_http(key, &reason);
+                    return Step::Stop;
+                }
             }
             return Step::NeedInput;
         }

@@ -576,3 +576,12 @@ impl Ws {
         );
     }
 }
+
+impl TestServer {
+    /// Whether any log line so far contains `needle`; cheap enough to poll in a loop
+    /// (nothing is parsed or copied).
+    pub fn logged(&self, needle: &str) -> bool {
+        let lines = self.logs.lines.lock().unwrap();
+        lines.iter().any(|line| line.contains(needle))
+    }
+}
