@@ -334,6 +334,18 @@ fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Whether a request for `route_is_metrics` (true: `/metrics`, false: any other
+/// route) is served on the listener it arrived on. With a separate metrics listener
+/// configured, that listener serves `/metrics` and nothing else, and the main
+/// listener serves everything but `/metrics`, so the figures are reachable only
+/// from the monitoring network. Without one, the main listener serves all.
+pub fn served_on(route_is_metrics: bool, metrics_port: bool, separate_listener: bool) -> bool {
+    if !separate_listener {
+        return !metrics_port;
+    }
+    route_is_metrics == metrics_port
+}
+
 /// The standard process metrics, read from `/proc/self` at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessStats {
@@ -468,6 +480,19 @@ mod tests {
         assert!(text.contains(&format!("{name}{{code=\"abnormal\"}} 1\n")));
         assert!(text.contains(&format!("{name}{{code=\"1001\"}} 0\n")));
         assert!(!text.contains("4321"));
+    }
+
+    #[test]
+    fn a_separate_listener_takes_metrics_off_the_main_one() {
+        // No separate listener: the main one serves everything.
+        assert!(served_on(true, false, false));
+        assert!(served_on(false, false, false));
+
+        // A separate listener: /metrics only there, the rest only on the main one.
+        assert!(served_on(true, true, true));
+        assert!(!served_on(false, true, true));
+        assert!(!served_on(true, false, true));
+        assert!(served_on(false, false, true));
     }
 
     #[test]
