@@ -12,7 +12,6 @@ use common::{
     HttpClient, PATIENCE, TestServer, connect_ws, metrics_addr, sample, scrape, token_with,
     unix_now,
 };
-use tungstenite::Message;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::stream::MaybeTlsStream;
@@ -106,12 +105,8 @@ fn scripted_sequence_gives_exact_counters() {
         reason: "done".into(),
     };
     first.socket.close(Some(normal)).unwrap();
-    loop {
-        match first.socket.read() {
-            Ok(_) => continue,
-            Err(_) => break,
-        }
-    }
+    // Read on until the server's close reply ends the connection.
+    while first.socket.read().is_ok() {}
 
     let text = scrape_text(server.addr);
     let attempts = "stockalert_websocket_connection_attempts_total";
