@@ -79,7 +79,9 @@ pub enum AttemptResult {
     Accepted,
     /// Closed 1008 for a missing, invalid or foreign token.
     AuthFailed,
-    /// Refused by a connection limit, a rate limit or the origin allow-list.
+    /// Refused at the door by a connection limit (`server.max_connections`, counted at
+    /// accept time, so before anyone knows whether the connection would have been a
+    /// WebSocket). Further limits (per-IP, origin) should count here as they land.
     Rejected,
 }
 
