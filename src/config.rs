@@ -741,7 +741,9 @@ impl Config {
                 ));
             }
         }
-        if self.metrics.listen == Some(server.listen) {
+        // Two port-0 listeners each get their own free port, so only a fixed port
+        // can clash.
+        if self.metrics.listen == Some(server.listen) && server.listen.port() != 0 {
             return Err(ConfigError::invalid(
                 "metrics.listen",
                 "must differ from server.listen",
@@ -1320,6 +1322,9 @@ mod tests {
         assert!(msg.contains("http.max_batch_body_bytes:"), "{msg}");
         let msg = parse_err("[metrics]\nlisten = \"0.0.0.0:8006\"\n");
         assert!(msg.contains("metrics.listen: must differ"), "{msg}");
+        let both_ephemeral = "[server]\nlisten = \"127.0.0.1:0\"\n\
+                              [metrics]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(Config::from_toml_str(both_ephemeral, "test.toml").is_ok());
     }
 
     #[test]

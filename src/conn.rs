@@ -29,6 +29,9 @@ pub struct Conn {
     pub timer: Option<TimerId>,
     /// What the connection is doing now.
     pub phase: Phase,
+    /// Accepted on the separate metrics listener (`metrics.listen`), where only
+    /// `/metrics` is served.
+    pub metrics_port: bool,
 }
 
 /// A connection's phase; a `match` on it shows every legal move.

@@ -129,6 +129,7 @@ fn start(config: Config) -> Result<(), String> {
         Level::Info,
         "server_started",
         listen = server.local_addr(),
+        metrics_listen = server.metrics_addr(),
         version = env!("CARGO_PKG_VERSION"),
         durability = durability,
         alert_cooldown_seconds = cooldown

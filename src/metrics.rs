@@ -79,7 +79,9 @@ pub enum AttemptResult {
     Accepted,
     /// Closed 1008 for a missing, invalid or foreign token.
     AuthFailed,
-    /// Refused by a connection limit, a rate limit or the origin allow-list.
+    /// Refused at the door by a connection limit (`server.max_connections`, counted at
+    /// accept time, so before anyone knows whether the connection would have been a
+    /// WebSocket). Further limits (per-IP, origin) should count here as they land.
     Rejected,
 }
 
@@ -100,9 +102,9 @@ pub struct Metrics {
     pub websocket_open: u64,
     /// WebSocket connection attempts by result.
     pub attempts: BTreeMap<AttemptResult, u64>,
-    /// WebSocket disconnects by close-code class ("1000", "1001", "1008", "1013", …,
-    /// "abnormal" when the peer vanished without a close frame).
-    pub disconnects: BTreeMap<&'static str, u64>,
+    /// WebSocket disconnects of subscribed connections, indexed like
+    /// [`DISCONNECT_CLASSES`].
+    pub disconnects: [u64; DISCONNECT_CLASSES.len()],
     /// Alerts sent (raised, logged and fanned out) by type.
     pub alerts_sent: [u64; 2],
     /// Alert frames queued to connections (one alert to N clients counts N).
@@ -119,9 +121,18 @@ pub struct Metrics {
     pub alert_latency: Histogram,
     /// Duration of each pass transaction's commit.
     pub commit_duration: Histogram,
-    /// Commits that failed and were rolled back.
-    pub commit_failures: u64,
+    /// Pass transactions rolled back after a failed write or a failed commit.
+    pub rollbacks: u64,
 }
+
+/// The `code` label values of the disconnect counter: the close codes the server
+/// sends or commonly receives, "other" for any further code the peer sent, and
+/// "abnormal" for a connection lost without a close frame. A fixed set keeps the
+/// series bounded whatever code a client chooses, and lets every class be exported
+/// at 0 from the start so rate() over it never sees a missing series.
+pub const DISCONNECT_CLASSES: [&str; 10] = [
+    "1000", "1001", "1002", "1005", "1007", "1008", "1009", "1013", "other", "abnormal",
+];
 
 fn kind_index(kind: AlertKind) -> usize {
     match kind {
@@ -138,18 +149,16 @@ impl Metrics {
 
     /// Counts one disconnect; `code` None means the peer vanished without a close frame.
     pub fn disconnect(&mut self, code: Option<u16>) {
-        let class = match code {
-            Some(1000) => "1000",
-            Some(1001) => "1001",
-            Some(1002) => "1002",
-            Some(1008) => "1008",
-            Some(1009) => "1009",
-            Some(1011) => "1011",
-            Some(1013) => "1013",
-            Some(_) => "other",
+        let text = code.map(|code| code.to_string());
+        let label = match text.as_deref() {
             None => "abnormal",
+            Some(code) if DISCONNECT_CLASSES.contains(&code) => code,
+            Some(_) => "other",
         };
-        *self.disconnects.entry(class).or_default() += 1;
+        let index = DISCONNECT_CLASSES.iter().position(|&class| class == label);
+        if let Some(count) = index.and_then(|index| self.disconnects.get_mut(index)) {
+            *count += 1;
+        }
     }
 
     /// Counts one alert sent to `frames` connections.
@@ -211,7 +220,7 @@ impl Metrics {
             "counter",
             "WebSocket disconnects by close code.",
         );
-        for (class, count) in &self.disconnects {
+        for (class, count) in DISCONNECT_CLASSES.iter().zip(self.disconnects) {
             let _ = writeln!(out, "{name}{{code=\"{class}\"}} {count}");
         }
 
@@ -300,14 +309,14 @@ impl Metrics {
         );
         self.commit_duration.render(&mut out, name, "");
 
-        let name = "stockalert_db_commit_failures_total";
+        let name = "stockalert_db_rollbacks_total";
         help(
             &mut out,
             name,
             "counter",
-            "Group commits that failed and were rolled back.",
+            "Pass transactions rolled back after a failed write or commit.",
         );
-        let _ = writeln!(out, "{name} {}", self.commit_failures);
+        let _ = writeln!(out, "{name} {}", self.rollbacks);
 
         help(
             &mut out,
@@ -327,6 +336,18 @@ fn help(out: &mut String, name: &str, kind: &str, text: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Whether a request for `route_is_metrics` (true: `/metrics`, false: any other
+/// route) is served on the listener it arrived on. With a separate metrics listener
+/// configured, that listener serves `/metrics` and nothing else, and the main
+/// listener serves everything but `/metrics`, so the figures are reachable only
+/// from the monitoring network. Without one, the main listener serves all.
+pub fn served_on(route_is_metrics: bool, metrics_port: bool, separate_listener: bool) -> bool {
+    if !separate_listener {
+        return !metrics_port;
+    }
+    route_is_metrics == metrics_port
+}
+
 /// The standard process metrics, read from `/proc/self` at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessStats {
@@ -341,11 +362,11 @@ pub struct ProcessStats {
 impl ProcessStats {
     /// Reads the current figures; fields that cannot be read stay 0 (non-Linux systems).
     pub fn read(start_time_seconds: f64) -> ProcessStats {
-        let page = 4096u64;
-        let resident_memory_bytes = std::fs::read_to_string("/proc/self/statm")
+        // VmRSS is in kB whatever the page size, unlike the page count in statm.
+        let resident_memory_bytes = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * page);
+            .and_then(|text| resident_kib(&text))
+            .map_or(0, |kib| kib * 1024);
         let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64);
         ProcessStats {
             resident_memory_bytes,
@@ -385,6 +406,14 @@ impl ProcessStats {
             self.start_time_seconds
         );
     }
+}
+
+/// The `VmRSS:` figure of a `/proc/<pid>/status` text, in KiB.
+fn resident_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let mut fields = line.split_whitespace().skip(1);
+    let value = fields.next()?.parse::<u64>().ok()?;
+    (fields.next() == Some("kB")).then_some(value)
 }
 
 #[cfg(test)]
@@ -428,5 +457,91 @@ mod tests {
             )
         );
         assert!(text.contains("stockalert_items 5"));
+    }
+
+    #[test]
+    fn disconnects_fall_into_fixed_classes_all_exported_from_zero() {
+        let mut metrics = Metrics::default();
+        let before = metrics.render(0, &ProcessStats::default());
+        for class in DISCONNECT_CLASSES {
+            let line = format!("stockalert_websocket_disconnects_total{{code=\"{class}\"}} 0\n");
+            assert!(before.contains(&line), "{line}");
+        }
+
+        metrics.disconnect(Some(1000));
+        metrics.disconnect(Some(1013));
+        metrics.disconnect(Some(4321));
+        metrics.disconnect(Some(3000));
+        metrics.disconnect(None);
+
+        let text = metrics.render(0, &ProcessStats::default());
+        let name = "stockalert_websocket_disconnects_total";
+        assert!(text.contains(&format!("{name}{{code=\"1000\"}} 1\n")));
+        assert!(text.contains(&format!("{name}{{code=\"1013\"}} 1\n")));
+        assert!(text.contains(&format!("{name}{{code=\"other\"}} 2\n")));
+        assert!(text.contains(&format!("{name}{{code=\"abnormal\"}} 1\n")));
+        assert!(text.contains(&format!("{name}{{code=\"1001\"}} 0\n")));
+        assert!(!text.contains("4321"));
+    }
+
+    #[test]
+    fn a_separate_listener_takes_metrics_off_the_main_one() {
+        // No separate listener: the main one serves everything.
+        assert!(served_on(true, false, false));
+        assert!(served_on(false, false, false));
+
+        // A separate listener: /metrics only there, the rest only on the main one.
+        assert!(served_on(true, true, true));
+        assert!(!served_on(false, true, true));
+        assert!(!served_on(true, false, true));
+        assert!(served_on(false, false, true));
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_vmrss_in_kib() {
+        let status = "Name:\tstockalert\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\n";
+        assert_eq!(resident_kib(status), Some(1234));
+        assert_eq!(resident_kib("VmRSS:\t12 pages\n"), None);
+        assert_eq!(resident_kib("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn every_sample_line_belongs_to_a_declared_family() {
+        let mut metrics = Metrics::default();
+        metrics.http_request("health", 200, Duration::from_millis(2));
+        metrics.alert_latency.observe(Duration::from_millis(1));
+        let process = ProcessStats {
+            resident_memory_bytes: 1,
+            open_fds: 2,
+            start_time_seconds: 3.5,
+        };
+        let text = metrics.render(0, &process);
+
+        let mut declared = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                let name = parts.next().unwrap_or_default().to_owned();
+                declared.push((name, parts.next().unwrap_or_default().to_owned()));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let series = line.split(['{', ' ']).next().unwrap_or_default();
+            let family = declared.iter().find(|(name, kind)| {
+                series == name
+                    || (kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| series == format!("{name}{suffix}")))
+            });
+            assert!(family.is_some(), "undeclared series in: {line}");
+            let (_, kind) = family.unwrap();
+            if kind == "counter" {
+                assert!(series.ends_with("_total"), "{series}");
+            }
+        }
+        assert!(text.contains("process_start_time_seconds 3.5\n"));
     }
 }

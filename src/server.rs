@@ -27,7 +27,7 @@ use crate::auth::AuthError;
 use crate::conn::{Conn, HeldResponse, HttpConn, PendingUpgrade, Phase, WsConn};
 use crate::event;
 use crate::http::{self, HeadLimits, Method, RequestHead, Response};
-use crate::metrics::{AttemptResult, ProcessStats};
+use crate::metrics::{self, AttemptResult, ProcessStats};
 use crate::service::{Deadline, Service};
 use crate::store::Timestamp;
 
@@ -36,6 +36,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 
 /// Poll token of the signal pipe.
 const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Poll token of the separate metrics listener, when `metrics.listen` is set.
+const METRICS_LISTENER: Token = Token(usize::MAX - 3);
 
 /// Most responses a connection may have held for the pass commit before the loop stops
 /// reading its pipelined requests until the pass ends.
@@ -83,6 +86,9 @@ pub struct Server {
     shutdown_by: Option<Instant>,
     /// The address the listener is bound to.
     local_addr: SocketAddr,
+    /// The separate `/metrics` listener (`metrics.listen`, when metrics are
+    /// enabled) and its bound address; `None` without one or once shutdown began.
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
 }
 
 /// Why the server could not start.
@@ -133,6 +139,21 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(StartError::Poll)?;
+        let metrics = &service.config.metrics;
+        let metrics_listener = match metrics.listen.filter(|_| metrics.enabled) {
+            Some(addr) => {
+                let mut listener =
+                    bind(addr, backlog).map_err(|source| StartError::Listen { addr, source })?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                poll.registry()
+                    .register(&mut listener, METRICS_LISTENER, Interest::READABLE)
+                    .map_err(StartError::Poll)?;
+                Some((listener, bound))
+            }
+            None => None,
+        };
         let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(StartError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -151,12 +172,18 @@ impl Server {
             dirty: Vec::new(),
             shutdown_by: None,
             local_addr,
+            metrics_listener,
         })
     }
 
     /// The bound address (the real port when the configuration asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the separate metrics listener, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|(_, addr)| *addr)
     }
 
     /// Runs the loop until a shutdown signal has been handled. Returns an error only if
@@ -192,7 +219,8 @@ impl Server {
 
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    METRICS_LISTENER => self.accept(true),
                     SIGNALS => self.on_signal(),
                     Token(key) => self.ready(key, event.is_readable(), event.is_writable()),
                 }
@@ -212,10 +240,16 @@ impl Server {
         }
     }
 
-    /// Accepts every pending connection, refusing those over the connection limit.
-    fn accept(&mut self) {
+    /// Accepts every pending connection of the main listener, or of the metrics
+    /// listener when `metrics_port` is set, refusing those over the connection limit.
+    fn accept(&mut self, metrics_port: bool) {
         loop {
-            let Some(listener) = self.listener.as_ref() else {
+            let listener = if metrics_port {
+                self.metrics_listener.as_ref().map(|(listener, _)| listener)
+            } else {
+                self.listener.as_ref()
+            };
+            let Some(listener) = listener else {
                 return;
             };
             let (mut socket, peer) = match listener.accept() {
@@ -272,6 +306,7 @@ impl Server {
                 serial,
                 timer: Some(timer),
                 phase: Phase::Http(Box::new(http)),
+                metrics_port,
             });
             event!(
                 Level::Debug,
@@ -604,6 +639,15 @@ impl Server {
     fn serve(&mut self, key: usize, head: RequestHead, route: Route, body: &[u8]) {
         let started = Instant::now();
         let template = route.template();
+
+        // A separate metrics listener serves /metrics alone, and only it does.
+        let metrics_port = self.conns.get(key).is_some_and(|conn| conn.metrics_port);
+        let separate = self.metrics_listener.is_some();
+        if !metrics::served_on(route == Route::Metrics, metrics_port, separate) {
+            let response = api::failure(404, "no such endpoint", template);
+            self.respond(key, &head, response, template, started, false);
+            return;
+        }
 
         match route {
             Route::Health => {
@@ -1504,6 +1548,9 @@ impl Server {
             connections = self.conns.len()
         );
         if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        if let Some((mut listener, _)) = self.metrics_listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.shutdown_by = Some(Instant::now() + SHUTDOWN_GRACE);

@@ -189,7 +189,7 @@ impl Service {
         }
         self.pass.alerts.clear();
         self.pass.epoch += 1;
-        self.metrics.commit_failures += 1;
+        self.metrics.rollbacks += 1;
         self.writable = false;
     }
 

@@ -585,3 +585,30 @@ impl TestServer {
         lines.iter().any(|line| line.contains(needle))
     }
 }
+
+/// The separate metrics listener's address, from the `server_started` log line
+/// (`metrics.listen` must be set).
+pub fn metrics_addr(server: &TestServer) -> SocketAddr {
+    let started = server.wait_log(|v| v["event"] == "server_started");
+    started["metrics_listen"]
+        .as_str()
+        .expect("metrics_listen field")
+        .parse()
+        .expect("metrics addr")
+}
+
+/// `GET /metrics` on `addr`, with `token` as its bearer token if given.
+pub fn scrape(addr: SocketAddr, token: Option<&str>) -> Reply {
+    let mut client = HttpClient::connect(addr);
+    client.send("GET", "/metrics", token, None, &[]);
+    client.read()
+}
+
+/// The value of one sample of an exposition text, `series` written exactly as in
+/// the text (name and labels, e.g. `x_total{result="accepted"}`); `None` if absent.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("sample value"))
+}
