@@ -599,6 +599,10 @@ impl Server {
         let template = route.template();
 
         match route {
+            Route::Asset(asset) => {
+                let response = asset.response();
+                self.respond(key, &head, response, template, started, false);
+            }
             Route::Health => {
                 let response = self.health();
                 self.respond(key, &head, response, template, started, false);
