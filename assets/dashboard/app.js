@@ -214,7 +214,7 @@ function onAlert(alert, info) {
   entry.dataset.item = item;
   entry.dataset.type = type;
   const title = element("span", "item");
-  title.append(element("span", `badge ${type}`, ALERT_LABELS[type]), item);
+  title.append(element("span", `badge ${type}`, ALERT_LABELS[type]), " ", item);
   const time = element("time", "", localTime(alert.timestamp));
   time.dateTime = String(alert.timestamp ?? "");
   const detail = element("p", "figures", figures(alert));
@@ -338,7 +338,9 @@ function renderLow(rows) {
       const row = element("tr");
       row.dataset.item = code;
       const under = element("td");
-      types.forEach((type) => under.append(element("span", `badge ${type}`, ALERT_LABELS[type])));
+      types.forEach((type, index) => {
+        under.append(index > 0 ? " " : "", element("span", `badge ${type}`, ALERT_LABELS[type]));
+      });
       row.append(
         element("td", "item", code),
         element("td", "num", quantity(item.currentQuantity)),
