@@ -24,6 +24,8 @@ const MAX_PAGE_LIMIT: u32 = 1000;
 /// Where a request goes, decided from its method and path alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /` and the other files of the store dashboard.
+    Asset(&'static crate::assets::Asset),
     /// `GET /health`.
     Health,
     /// `GET /metrics`.
@@ -108,6 +110,7 @@ impl Route {
     /// The route template for metrics and logs.
     pub fn template(&self) -> &'static str {
         match self {
+            Route::Asset(_) => "asset",
             Route::Health => "health",
             Route::Metrics => "metrics",
             Route::WebSocket { .. } => "websocket",
@@ -174,6 +177,9 @@ pub fn route(method: Method, path: &str) -> Result<Route, RouteError> {
         _ => Err(RouteError::MethodNotAllowed { allow: "GET, HEAD" }),
     };
 
+    if let Some(asset) = crate::assets::find(path) {
+        return get_only(Route::Asset(asset));
+    }
     match segments.as_slice() {
         ["health"] => get_only(Route::Health),
         ["metrics"] => get_only(Route::Metrics),
@@ -653,6 +659,23 @@ mod tests {
             Err(RouteError::NotFound)
         );
         assert_eq!(route(Method::Get, "/nope"), Err(RouteError::NotFound));
+    }
+
+    #[test]
+    fn dashboard_files_route_on_get_and_head_only() {
+        assert!(matches!(route(Method::Get, "/"), Ok(Route::Asset(a)) if a.path == "/"));
+        assert!(matches!(
+            route(Method::Head, "/dashboard.css"),
+            Ok(Route::Asset(a)) if a.path == "/dashboard.css"
+        ));
+        assert_eq!(
+            route(Method::Post, "/"),
+            Err(RouteError::MethodNotAllowed { allow: "GET, HEAD" })
+        );
+        assert_eq!(
+            route(Method::Get, "/assets/app.js"),
+            Err(RouteError::NotFound)
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -650,6 +650,10 @@ impl Server {
         }
 
         match route {
+            Route::Asset(asset) => {
+                let response = asset.response();
+                self.respond(key, &head, response, template, started, false);
+            }
             Route::Health => {
                 let response = self.health();
                 self.respond(key, &head, response, template, started, false);
