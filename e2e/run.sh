@@ -44,7 +44,7 @@ if [ ! -x "$VENV/bin/python" ]; then
         python3 -m venv "$VENV" || fail "python3 -m venv failed"
     fi
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check websockets
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "websockets==17.4"
 "$VENV/bin/python" -c "import websockets.asyncio.client" || fail "websockets did not install"
 
 echo "== e2e: tests"
