@@ -69,7 +69,7 @@ impl StockCall {
     }
 
     /// The `operation` field of the envelope.
-    fn operation(&self) -> &'static str {
+    pub fn operation(&self) -> &'static str {
         match self {
             StockCall::List => "get_store_stocks",
             StockCall::Low => "get_low_stocks",
