@@ -71,7 +71,7 @@ impl StockCall {
     }
 
     /// The `operation` field of the envelope.
-    fn operation(&self) -> &'static str {
+    pub fn operation(&self) -> &'static str {
         match self {
             StockCall::List => "get_store_stocks",
             StockCall::Low => "get_low_stocks",
@@ -513,9 +513,10 @@ pub fn serve_stock(
                 Err(message) => return bad(message),
             };
             let now = Timestamp::now();
-            let applied = service
-                .store
-                .apply_update(tenant, store, item, &input, now)?;
+            let applied = match service.store.apply_update(tenant, store, item, &input, now) {
+                Ok(applied) => applied,
+                Err(error) => return refuse_number(error, operation),
+            };
             service.raise_alerts(&applied.item, now, received)?;
             Ok(success(200, "stock updated", &applied.record, operation))
         }
@@ -526,7 +527,10 @@ pub fn serve_stock(
                 Err(message) => return bad(message),
             };
             let now = Timestamp::now();
-            let applied = service.store.apply_batch(tenant, store, &lines, now)?;
+            let applied = match service.store.apply_batch(tenant, store, &lines, now) {
+                Ok(applied) => applied,
+                Err(error) => return refuse_number(error, operation),
+            };
             for each in &applied {
                 service.raise_alerts(&each.item, now, received)?;
             }
@@ -569,6 +573,16 @@ pub fn serve_stock(
                     .set_minimum(tenant, store, item, minimum, Timestamp::now())?;
             Ok(success(200, "minimum stock set", &updated, operation))
         }
+    }
+}
+
+/// A stock change the store refused because the stock would leave the finite range is
+/// the client's mistake (400); the store already undid it, so the pass stays good. Any
+/// other store error is passed on for the caller to void the pass.
+fn refuse_number(error: StoreError, operation: &str) -> CallResult {
+    match error {
+        StoreError::InvalidNumber { .. } => Ok(failure(400, &error.to_string(), operation)),
+        other => Err(other),
     }
 }
 

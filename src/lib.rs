@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod http;
+pub mod idempotency;
 pub mod logging;
 pub mod metrics;
 pub mod server;

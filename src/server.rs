@@ -680,7 +680,7 @@ impl Server {
                     return;
                 }
 
-                let result = api::serve_stock(
+                let result = crate::idempotency::serve_stock(
                     &mut self.service,
                     &tenant,
                     &store,

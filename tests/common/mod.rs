@@ -612,3 +612,58 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map(|value| value.trim().parse().expect("sample value"))
 }
+
+/// Durability support: restarts around a stopped server, and the database file.
+impl TestServer {
+    /// The SQLite database file in the data directory.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("data").join("stockalert.db")
+    }
+
+    /// Stops this server (SIGTERM), runs `between` on the database file while no server
+    /// is running, then starts another on the same data directory.
+    pub fn restart_with(mut self, between: impl FnOnce(&std::path::Path)) -> TestServer {
+        let status = self.terminate();
+        assert!(status.success(), "server exited with {status}");
+        between(&self.db_path());
+        let dir = Arc::clone(&self.dir);
+        let overrides = std::mem::take(&mut self.overrides);
+        let env = std::mem::take(&mut self.env);
+        TestServer::launch(dir, overrides, env)
+    }
+
+    /// SIGKILLs this server (no shutdown of any kind) and starts another on the same
+    /// data directory.
+    pub fn restart_after_kill(mut self) -> TestServer {
+        self.kill();
+        let dir = Arc::clone(&self.dir);
+        let overrides = std::mem::take(&mut self.overrides);
+        let env = std::mem::take(&mut self.env);
+        TestServer::launch(dir, overrides, env)
+    }
+
+    /// Sends one request with extra headers on a fresh connection.
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let token = self.token_for_path(path);
+        let mut client = HttpClient::connect(self.addr);
+        client.send(method, path, token.as_deref(), body, extra);
+        client.read()
+    }
+
+    /// A token for the tenant and store named in a stock API path, if it is one.
+    pub fn token_for_path(&self, path: &str) -> Option<String> {
+        let parts: Vec<&str> = path.split('/').collect();
+        match parts.as_slice() {
+            ["", "api", "v1", "tenants", tenant, "stores", store, ..] => {
+                Some(self.token(tenant, &[*store]))
+            }
+            _ => None,
+        }
+    }
+}
