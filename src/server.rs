@@ -535,7 +535,9 @@ impl Server {
             return Step::Stop;
         };
         let body_len = head.content_length.unwrap_or(0);
-        let total = head.head_len + body_len;
+        // The length is the client's word and may be near usize::MAX: a wrapped sum
+        // would drain only part of the body and parse the rest as the next request.
+        let total = head.head_len.saturating_add(body_len);
         if http.inbuf.len() >= total && !head.expect_continue {
             let Some(head) = http.head.take() else {
                 return Step::Stop;
