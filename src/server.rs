@@ -841,6 +841,7 @@ impl Server {
             peer_close: None,
             dirty: false,
             token_timer: None,
+            read_failed: false,
         };
         conn.phase = Phase::WebSocket(Box::new(ws));
 
@@ -985,6 +986,10 @@ impl Server {
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
+            if ws.read_failed {
+                self.ws_discard(key);
+                return;
+            }
             let result = ws.ctx.read(&mut conn.socket);
             if result.is_ok() {
                 ws.last_seen = Instant::now();
@@ -1013,14 +1018,17 @@ impl Server {
                     return;
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
+                    ws.read_failed = true;
                     self.ws_close(key, CloseCode::Size, "Message too big");
                     return;
                 }
                 Err(tungstenite::Error::Utf8(_)) => {
+                    ws.read_failed = true;
                     self.ws_close(key, CloseCode::Invalid, "Invalid UTF-8");
                     return;
                 }
                 Err(tungstenite::Error::Protocol(_)) => {
+                    ws.read_failed = true;
                     self.ws_close(key, CloseCode::Protocol, "Protocol error");
                     return;
                 }

@@ -147,6 +147,33 @@ impl Server {
         }
     }
 
+    /// Reads and throws away what a WebSocket whose frame reader failed still sends,
+    /// and drops it at end of stream; its close frame is already queued. Closing at
+    /// once instead would reset the connection over its unread input and could
+    /// destroy that close frame before the client reads it.
+    pub(super) fn ws_discard(&mut self, key: usize) {
+        use std::io::Read as _;
+
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let code = match &conn.phase {
+            Phase::WebSocket(ws) => ws.closing,
+            Phase::Http(_) => return,
+        };
+        let mut scratch = [0u8; 4096];
+        loop {
+            match conn.socket.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.remove(key, code, "closed after a read error");
+    }
+
     /// Puts the expiry of a token with `exp` on the wheel for WebSocket `key`,
     /// replacing any earlier one. A token already dead expires on the next pass.
     pub(super) fn schedule_token_expiry(&mut self, key: usize, exp: u64) {
