@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use common::{HttpClient, TestServer, raw_upgrade};
 
 /// Seed of the default run.
-const SEED: u64 = 0x5eed_0f_5a1e;
+const SEED: u64 = 0x5eed_f02a_1e5e_ed00;
 
 /// Cases per path in the default run.
 const DEFAULT_CASES: usize = 300;
