@@ -84,9 +84,13 @@ impl Server {
     }
 
     /// The 429 for a request from a client that has used up its auth failures for the
-    /// window, or `None` when it may go on.
+    /// window, or `None` when it may go on. A refused upgrade counts as a rejected
+    /// WebSocket attempt.
     pub(super) fn auth_block(&mut self, peer: SocketAddr, route: &str) -> Option<Response> {
         let left = self.limits.auth_blocked(peer.ip(), Instant::now())?;
+        if route == "websocket" {
+            self.service.metrics.attempt(AttemptResult::Rejected);
+        }
         let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
         let response = api::failure(
             429,
