@@ -586,6 +586,31 @@ fn refuse_number(error: StoreError, operation: &str) -> CallResult {
     }
 }
 
+/// Parses and validates `body` exactly as [`serve_stock`] would for `call`, without
+/// touching any store: for the fuzz target and tests. `Err` is the 400 message.
+pub fn check_body(call: &StockCall, body: &[u8]) -> Result<(), String> {
+    match call {
+        StockCall::Update(_) => {
+            let update = parse_body::<UpdateBody>(body)?;
+            if update.item_code.is_some() {
+                return Err("itemCode belongs in the path, not the body".to_string());
+            }
+            update.into_input().map(drop)
+        }
+        StockCall::Batch => parse_batch(body).map(drop),
+        StockCall::Reorder(_) => {
+            let b = parse_body::<ReorderBody>(body)?;
+            threshold(b.reorder_point, "reorderPoint")?;
+            threshold(b.reorder_quantity, "reorderQuantity").map(drop)
+        }
+        StockCall::Minimum(_) => {
+            let b = parse_body::<MinimumBody>(body)?;
+            threshold(b.minimum_quantity, "minimumQuantity").map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Validates every line of a batch before any is applied; the error names the line
 /// (1-based) and its problem.
 fn parse_batch(body: &[u8]) -> Result<Vec<(String, UpdateInput)>, String> {
@@ -744,6 +769,18 @@ mod tests {
         .unwrap();
         assert_eq!(good.len(), 1);
         assert_eq!(good[0].0, "A");
+    }
+
+    #[test]
+    fn check_body_applies_the_rules_of_each_call() {
+        let update = StockCall::Update("A".into());
+        assert!(check_body(&update, br#"{"quantityChange": 1, "updateType": "sale"}"#).is_ok());
+        let error = check_body(&update, br#"{"quantityChange": 1e400}"#).unwrap_err();
+        assert!(error.starts_with("invalid request body"), "{error}");
+        let minimum = StockCall::Minimum("A".into());
+        let error = check_body(&minimum, br#"{"minimumQuantity": -1}"#).unwrap_err();
+        assert_eq!(error, "minimumQuantity must be >= 0");
+        assert!(check_body(&StockCall::List, b"\xff").is_ok());
     }
 
     #[test]

@@ -173,4 +173,8 @@ pub struct WsConn {
     pub dirty: bool,
     /// The token's expiry on the wheel.
     pub token_timer: Option<TimerId>,
+    /// A read failed for good (protocol error, oversized or invalid message): the
+    /// frame reader may hold a half-parsed header, so it must not be called again.
+    /// Input is discarded until the peer closes or the close wait ends.
+    pub read_failed: bool,
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use log::Level;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
@@ -22,11 +22,14 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
+mod guard;
+
 use crate::api::{self, Route};
 use crate::auth::AuthError;
 use crate::conn::{Conn, HeldResponse, HttpConn, PendingUpgrade, Phase, WsConn};
 use crate::event;
 use crate::http::{self, HeadLimits, Method, RequestHead, Response};
+use crate::limits::{ClientLimits, LimitSettings};
 use crate::metrics::{self, AttemptResult, ProcessStats};
 use crate::service::{Deadline, Service};
 use crate::store::Timestamp;
@@ -89,6 +92,8 @@ pub struct Server {
     /// The separate `/metrics` listener (`metrics.listen`, when metrics are
     /// enabled) and its bound address; `None` without one or once shutdown began.
     metrics_listener: Option<(TcpListener, SocketAddr)>,
+    /// Per-client connection counts, rates and auth failures (see `guard`).
+    limits: ClientLimits,
 }
 
 /// Why the server could not start.
@@ -128,6 +133,7 @@ impl Server {
     /// Binds the listener and registers it and the signals with a new poll.
     pub fn bind(service: Service) -> Result<Server, StartError> {
         let addr = service.config.server.listen;
+        let settings = LimitSettings::from_config(&service.config);
         let backlog = service.config.server.listen_backlog;
         let mut listener =
             bind(addr, backlog).map_err(|source| StartError::Listen { addr, source })?;
@@ -173,6 +179,7 @@ impl Server {
             shutdown_by: None,
             local_addr,
             metrics_listener,
+            limits: ClientLimits::new(settings),
         })
     }
 
@@ -264,8 +271,8 @@ impl Server {
                 }
             };
 
-            if self.conns.len() >= self.service.config.server.max_connections {
-                self.refuse(socket, peer);
+            if let Err(refusal) = self.admit(peer, Instant::now()) {
+                self.refuse(socket, peer, refusal);
                 continue;
             }
 
@@ -284,6 +291,7 @@ impl Server {
                     peer = peer,
                     error = error.to_string()
                 );
+                self.release_client(peer);
                 continue;
             }
 
@@ -315,29 +323,6 @@ impl Server {
                 connections = self.conns.len()
             );
         }
-    }
-
-    /// Best effort 503 to a connection over the limit, then close it.
-    fn refuse(&mut self, mut socket: TcpStream, peer: SocketAddr) {
-        use std::io::Write as _;
-
-        let mut out = Vec::new();
-        api::failure(
-            503,
-            "server is at its connection limit; retry shortly",
-            "connect",
-        )
-        .with_header("Retry-After", "1")
-        .write_to(&mut out, false, false);
-        let _ = socket.write(&out);
-        self.service.metrics.attempt(AttemptResult::Rejected);
-        event!(
-            Level::Warn,
-            "connection_refused",
-            peer = peer,
-            reason = "max_connections",
-            limit = self.service.config.server.max_connections
-        );
     }
 
     fn http_timeout(&self) -> Duration {
@@ -592,7 +577,9 @@ impl Server {
             return Step::Stop;
         };
         let body_len = head.content_length.unwrap_or(0);
-        let total = head.head_len + body_len;
+        // The length is the client's word and may be near usize::MAX: a wrapped sum
+        // would drain only part of the body and parse the rest as the next request.
+        let total = head.head_len.saturating_add(body_len);
         if http.inbuf.len() >= total && !head.expect_continue {
             let Some(head) = http.head.take() else {
                 return Step::Stop;
@@ -649,6 +636,17 @@ impl Server {
             return;
         }
 
+        // A client that used up its auth failures gets 429 on every guarded route.
+        if route != Route::Health {
+            let Some(peer) = self.conns.get(key).map(|c| c.peer) else {
+                return;
+            };
+            if let Some(response) = self.auth_block(peer, template) {
+                self.respond(key, &head, response, template, started, false);
+                return;
+            }
+        }
+
         match route {
             Route::Asset(asset) => {
                 let response = asset.response();
@@ -660,6 +658,9 @@ impl Server {
             }
             Route::Metrics => {
                 let response = self.metrics_response(&head);
+                if response.status == 401 {
+                    self.note_auth_failure_of(key);
+                }
                 self.respond(key, &head, response, template, started, false);
             }
             Route::WebSocket { tenant, store } => self.upgrade(key, head, tenant, store),
@@ -676,6 +677,7 @@ impl Server {
                         _ => 401,
                     };
                     let response = api::failure(status, &error.to_string(), template);
+                    self.note_auth_failure_of(key);
                     self.respond(key, &head, response, template, started, false);
                     return;
                 }
@@ -834,6 +836,11 @@ impl Server {
             return;
         }
 
+        if let Some(response) = self.origin_refusal(&head) {
+            self.respond(key, &head, response, "websocket", started, false);
+            return;
+        }
+
         let handshake = match build_handshake(&head) {
             Ok(response) => response,
             Err(message) => {
@@ -901,6 +908,7 @@ impl Server {
             peer_close: None,
             dirty: false,
             token_timer: None,
+            read_failed: false,
         };
         conn.phase = Phase::WebSocket(Box::new(ws));
 
@@ -909,6 +917,7 @@ impl Server {
             Ok(claims) => claims,
             Err(error) => {
                 self.service.metrics.attempt(AttemptResult::AuthFailed);
+                self.auth_failed(peer);
                 event!(
                     Level::Warn,
                     "websocket_auth_failed",
@@ -999,14 +1008,7 @@ impl Server {
                 .timers
                 .insert(ping, Deadline::Connection { key, serial }),
         );
-        let expiry = std::time::UNIX_EPOCH + Duration::from_secs(claims.exp);
-        if let Ok(left) = expiry.duration_since(std::time::SystemTime::now()) {
-            let id = self
-                .service
-                .timers
-                .insert(now + left, Deadline::TokenExpiry { key, serial });
-            ws.token_timer = Some(id);
-        }
+        self.schedule_token_expiry(key, claims.exp);
 
         event!(
             Level::Info,
@@ -1051,6 +1053,10 @@ impl Server {
             let Phase::WebSocket(ws) = &mut conn.phase else {
                 return;
             };
+            if ws.read_failed {
+                self.ws_discard(key);
+                return;
+            }
             let result = ws.ctx.read(&mut conn.socket);
             if result.is_ok() {
                 ws.last_seen = Instant::now();
@@ -1059,6 +1065,8 @@ impl Server {
                 Ok(Message::Text(text)) => {
                     if text.as_str() == "ping" {
                         self.ws_send(key, Message::Text("pong".into()));
+                    } else if let Some(renewal) = crate::renewal::parse_renewal(text.as_str()) {
+                        self.ws_renew(key, renewal);
                     }
                 }
                 Ok(Message::Close(frame)) => {
@@ -1077,10 +1085,12 @@ impl Server {
                     return;
                 }
                 Err(tungstenite::Error::Capacity(_)) => {
+                    ws.read_failed = true;
                     self.ws_close(key, CloseCode::Size, "Message too big");
                     return;
                 }
                 Err(tungstenite::Error::Utf8(_)) => {
+                    ws.read_failed = true;
                     self.ws_close(key, CloseCode::Invalid, "Invalid UTF-8");
                     return;
                 }
@@ -1092,6 +1102,7 @@ impl Server {
                     return;
                 }
                 Err(tungstenite::Error::Protocol(_)) => {
+                    ws.read_failed = true;
                     self.ws_close(key, CloseCode::Protocol, "Protocol error");
                     return;
                 }
@@ -1223,6 +1234,7 @@ impl Server {
         }
         let mut conn = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut conn.socket);
+        self.release_client(conn.peer);
         if let Some(timer) = conn.timer.take() {
             self.service.timers.cancel(timer);
         }
@@ -1290,6 +1302,7 @@ impl Server {
                 self.service.cooldowns.expire(&cooldown, Instant::now());
             }
             Deadline::Housekeeping => {
+                self.sweep_limits();
                 self.housekeeping();
                 let next = Instant::now() + HOUSEKEEPING_EVERY;
                 self.service.timers.insert(next, Deadline::Housekeeping);

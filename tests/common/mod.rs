@@ -667,3 +667,162 @@ impl TestServer {
         }
     }
 }
+
+/// The WebSocket key of every hand-made upgrade (the RFC 6455 sample nonce).
+pub const RAW_WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket driven by hand over raw TCP, for frames a well-behaved client library
+/// refuses to send (unmasked, oversized, fragmented control frames).
+pub struct RawWs {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Sends an upgrade request for `target` with `extra` headers and reads the response
+/// head. Returns the status and, for a 101, the raw socket.
+pub fn raw_upgrade(addr: SocketAddr, target: &str, extra: &[(&str, &str)]) -> (u16, RawWs) {
+    let mut text = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {RAW_WS_KEY}\r\n"
+    );
+    let has_version = extra
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-version"));
+    if !has_version {
+        text.push_str("Sec-WebSocket-Version: 13\r\n");
+    }
+    for (name, value) in extra {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.write_all(text.as_bytes()).expect("write upgrade");
+    let mut raw = RawWs {
+        stream,
+        buf: Vec::new(),
+    };
+    let end = loop {
+        if let Some(at) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        assert!(raw.fill(), "connection closed before the response head");
+    };
+    let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .expect("status code");
+    raw.buf.drain(..end);
+    (status, raw)
+}
+
+impl RawWs {
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Writes one frame: `first` is the FIN bit and opcode byte, `payload` is masked
+    /// when `masked`, and the header announces `announced` bytes (default: the
+    /// payload's length) so an oversized message need not be sent in full.
+    pub fn send_frame(&mut self, first: u8, masked: bool, payload: &[u8], announced: Option<u64>) {
+        let len = announced.unwrap_or(payload.len() as u64);
+        let mask_bit = if masked { 0x80 } else { 0 };
+        let mut frame = vec![first];
+        if len < 126 {
+            frame.push(mask_bit | len as u8);
+        } else if len <= u64::from(u16::MAX) {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+        let key = [0x12, 0x34, 0x56, 0x78];
+        if masked {
+            frame.extend_from_slice(&key);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            frame.extend_from_slice(payload);
+        }
+        // The server may close as soon as it sees the header: a failed write is fine.
+        let _ = self.stream.write_all(&frame);
+    }
+
+    /// Reads the next whole server frame: its opcode and payload; `None` at EOF.
+    pub fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if let Some((opcode, start, len)) = frame_bounds(&self.buf) {
+                if self.buf.len() >= start + len {
+                    let payload = self.buf[start..start + len].to_vec();
+                    self.buf.drain(..start + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if !self.fill() {
+                return None;
+            }
+        }
+    }
+
+    /// Reads frames until the server's close frame and returns its code (1005 when it
+    /// has none); panics if the connection ends without one.
+    pub fn expect_close(&mut self) -> u16 {
+        loop {
+            match self.read_frame() {
+                Some((0x8, payload)) if payload.len() >= 2 => {
+                    return u16::from_be_bytes([payload[0], payload[1]]);
+                }
+                Some((0x8, _)) => return 1005,
+                Some(_) => continue,
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// Opcode, payload start and payload length of the unmasked frame at the start of
+/// `buf`, once its header is complete.
+fn frame_bounds(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let opcode = buf.first()? & 0x0f;
+    let short = buf.get(1)? & 0x7f;
+    match short {
+        126 => {
+            let bytes = buf.get(2..4)?;
+            Some((
+                opcode,
+                4,
+                usize::from(u16::from_be_bytes([bytes[0], bytes[1]])),
+            ))
+        }
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            Some((opcode, 10, u64::from_be_bytes(bytes) as usize))
+        }
+        n => Some((opcode, 2, usize::from(n))),
+    }
+}
+
+/// Reads one response from a fresh connection without sending anything first: what a
+/// connection refused at the door is told.
+pub fn read_refusal(addr: SocketAddr) -> Option<Reply> {
+    let mut client = HttpClient::connect(addr);
+    client.try_read()
+}
+
+/// The value of one Prometheus sample line (`name{labels} value`) in `text`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse::<f64>().ok())
+}
