@@ -131,12 +131,18 @@ fn main() {
     };
     eprintln!(
         "stockalert bench: pinning {}",
-        if pin.available { "server core 0, generator core 1" } else { "off" }
+        if pin.available {
+            "server core 0, generator core 1"
+        } else {
+            "off"
+        }
     );
 
     let fsync = bench.group("fsync").then(|| fsync_cost(&bench.scratch));
     if let Some((p50, p99)) = fsync {
-        bench.runs.push(json!({"label": "fsync", "p50_us": p50, "p99_us": p99}));
+        bench
+            .runs
+            .push(json!({"label": "fsync", "p50_us": p50, "p99_us": p99}));
     }
     if bench.group("latency") {
         bench.latency(fsync);
@@ -179,7 +185,12 @@ impl Bench {
 
     /// One latency row: `value` against `limit`, with the floor figure and ratio.
     fn latency_row(&mut self, measure: &str, target: &str, value: f64, floor: f64, limit: f64) {
-        let row = self.row(measure, target, format!("{value:.1} µs"), format!("{floor:.1} µs"));
+        let row = self.row(
+            measure,
+            target,
+            format!("{value:.1} µs"),
+            format!("{floor:.1} µs"),
+        );
         row.ratio = Some(value / floor);
         row.met = value <= limit;
     }
@@ -193,7 +204,14 @@ impl Bench {
 
     /// Update → alert with one subscriber, durability normal and full.
     fn latency(&mut self, fsync: Option<(f64, f64)>) {
-        let args = ["--scenario", "latency", "--updates", "3000", "--warmup", "300"];
+        let args = [
+            "--scenario",
+            "latency",
+            "--updates",
+            "3000",
+            "--warmup",
+            "300",
+        ];
         for durability in ["normal", "full"] {
             let floor = self.load(&floor(self.pin), "floor 1 sub", &args);
             let (server, _dir) = server(self.pin, &self.scratch, durability);
@@ -274,8 +292,16 @@ impl Bench {
         row.ratio = Some(per / floor_per);
         row.met = per <= 1024.0;
         for (key, name, unit) in [
-            ("handshakes_per_s", "connections accepted (greeted) per second", "/s"),
-            ("reconnect_all_ms", "10,000 clients reconnecting at once, all served", " ms"),
+            (
+                "handshakes_per_s",
+                "connections accepted (greeted) per second",
+                "/s",
+            ),
+            (
+                "reconnect_all_ms",
+                "10,000 clients reconnecting at once, all served",
+                " ms",
+            ),
         ] {
             let value = run[key].as_f64().unwrap_or(f64::NAN);
             let floor = floor[key].as_f64().unwrap_or(f64::NAN);
@@ -340,8 +366,14 @@ impl Bench {
         let (server, _dir) = server(self.pin, &self.scratch, "full");
         let run = self.load(&server, "server 2000/s, full", &args);
         for (q, name) in [
-            ("p99.9", "p99.9 update → last alert, 2,000/s, 100 × 10, full"),
-            ("max", "max update → last alert, same run (checkpoint stalls)"),
+            (
+                "p99.9",
+                "p99.9 update → last alert, 2,000/s, 100 × 10, full",
+            ),
+            (
+                "max",
+                "max update → last alert, same run (checkpoint stalls)",
+            ),
         ] {
             let value = run["last_us"][q].as_f64().unwrap_or(f64::NAN);
             let floor = floor["last_us"][q].as_f64().unwrap_or(f64::NAN);
@@ -375,7 +407,9 @@ impl Bench {
         let row = self.row(
             "stripped release binary",
             "≤ 6 MB",
-            stripped.map_or("strip failed".into(), |b| format!("{:.2} MB", b as f64 / 1e6)),
+            stripped.map_or("strip failed".into(), |b| {
+                format!("{:.2} MB", b as f64 / 1e6)
+            }),
             "-".into(),
         );
         row.met = stripped.is_some_and(|b| b <= 6_000_000);
@@ -390,7 +424,8 @@ impl Bench {
             best = best.min(launch(self.pin, dir.path(), "normal").startup);
         }
         let ms = best.as_secs_f64() * 1000.0;
-        self.runs.push(json!({"label": "startup 100k items", "startup_ms": ms,
+        self.runs
+            .push(json!({"label": "startup 100k items", "startup_ms": ms,
             "idle_rss_kib": rss, "stripped_bytes": stripped}));
         let row = self.row(
             "start-up with 100,000 items (spawn → first answer, best of 3)",
@@ -511,7 +546,10 @@ level = "warn"
         if let Ok(Some(status)) = process.child.try_wait() {
             panic!("stockalert exited at start with {status}");
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "server did not start"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     process.startup = start.elapsed();
@@ -546,7 +584,9 @@ fn floor(pin: Pinning) -> Process {
         .expect("spawn stockalert-floor");
     let mut line = String::new();
     let stdout = child.stdout.take().expect("floor stdout");
-    BufReader::new(stdout).read_line(&mut line).expect("floor address");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("floor address");
     let addr = line
         .trim()
         .strip_prefix("listening on ")
@@ -575,7 +615,13 @@ fn run_load(pin: Pinning, target: &Process, label: &str, args: &[&str]) -> Value
         .expect("run stockalert-load");
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stockalert-load failed: {label}");
-    print!("{}", text.lines().filter(|l| !l.starts_with('{')).collect::<Vec<_>>().join("\n"));
+    print!(
+        "{}",
+        text.lines()
+            .filter(|l| !l.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     println!();
     text.lines()
         .find(|l| l.starts_with('{'))
@@ -592,8 +638,10 @@ fn seed(addr: SocketAddr, items: usize) {
     let mut stream = TcpStream::connect(addr).expect("connect for seeding");
     for batch in 0..items.div_ceil(1000) {
         let lines: Vec<Value> = (0..1000)
-            .map(|i| json!({"itemCode": format!("ITEM{i:04}"), "quantityChange": 100,
-                "updateType": "purchase"}))
+            .map(|i| {
+                json!({"itemCode": format!("ITEM{i:04}"), "quantityChange": 100,
+                "updateType": "purchase"})
+            })
             .collect();
         let body = json!({ "updates": lines }).to_string();
         let request = format!(
@@ -648,5 +696,7 @@ fn stripped_size() -> Option<u64> {
     let copy = dir.path().join("stockalert");
     std::fs::copy(env!("CARGO_BIN_EXE_stockalert"), &copy).ok()?;
     let status = Command::new("strip").arg(&copy).status().ok()?;
-    status.success().then(|| std::fs::metadata(&copy).ok().map(|m| m.len()))?
+    status
+        .success()
+        .then(|| std::fs::metadata(&copy).ok().map(|m| m.len()))?
 }

@@ -102,7 +102,11 @@ fn run() -> Result<(), FloorError> {
         (Some("--listen"), Some(addr)) => addr
             .parse()
             .map_err(|_| FloorError::Usage(format!("not an address: {addr}")))?,
-        _ => return Err(FloorError::Usage("usage: stockalert-floor --listen ADDR".into())),
+        _ => {
+            return Err(FloorError::Usage(
+                "usage: stockalert-floor --listen ADDR".into(),
+            ));
+        }
     };
 
     let mut poll = Poll::new()?;
@@ -208,7 +212,10 @@ fn serve(
         };
         conn.inbuf.drain(..length);
         match request {
-            Request::Upgrade { store, key: client_key } => {
+            Request::Upgrade {
+                store,
+                key: client_key,
+            } => {
                 let accept = tungstenite::handshake::derive_accept_key(client_key.as_bytes());
                 let head = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
@@ -306,9 +313,20 @@ fn next_request(buf: &[u8]) -> Option<(usize, Request)> {
                 None => Request::Other,
             }
         }
-        (b"PUT", [b"", b"api", b"v1", b"tenants", _, b"stores", store, .., b"update"]) => {
-            Request::Update { store: text(store) }
-        }
+        (
+            b"PUT",
+            [
+                b"",
+                b"api",
+                b"v1",
+                b"tenants",
+                _,
+                b"stores",
+                store,
+                ..,
+                b"update",
+            ],
+        ) => Request::Update { store: text(store) },
         _ => Request::Other,
     };
     Some((head_end + body, request))

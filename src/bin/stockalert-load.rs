@@ -95,7 +95,10 @@ impl std::fmt::Display for LoadError {
             LoadError::Io(error) => write!(f, "i/o failure: {error}"),
             LoadError::Token(error) => write!(f, "cannot sign the token: {error}"),
             LoadError::Setup { store, status } => {
-                write!(f, "setting the reorder point of {store} got status {status}")
+                write!(
+                    f,
+                    "setting the reorder point of {store} got status {status}"
+                )
             }
             LoadError::Handshake { store, detail } => {
                 write!(f, "websocket upgrade for {store} failed: {detail}")
@@ -262,10 +265,13 @@ fn parse_options() -> Result<Options, LoadError> {
     options.token = match (token, secret) {
         (Some(token), None) => token,
         (None, Some(secret)) => sign(&options.tenant, &secret)?,
-        _ => return Err(LoadError::Usage("give exactly one of --token, --secret".into())),
+        _ => {
+            return Err(LoadError::Usage(
+                "give exactly one of --token, --secret".into(),
+            ));
+        }
     };
-    if options.stores == 0 || options.subscribers == 0 || options.pos == 0 || options.window == 0
-    {
+    if options.stores == 0 || options.subscribers == 0 || options.pos == 0 || options.window == 0 {
         return Err(LoadError::Usage("counts must be at least 1".into()));
     }
     if !(options.rate.is_finite() && options.rate > 0.0) {
@@ -419,7 +425,10 @@ fn parse_frame(buf: &[u8]) -> Option<Frame> {
     let (&first, &second) = (buf.first()?, buf.get(1)?);
     let masked = second & 0x80 != 0;
     let (length, mut start): (u64, usize) = match second & 0x7F {
-        126 => (u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)), 4),
+        126 => (
+            u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
+            4,
+        ),
         127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
         n => (u64::from(n), 2),
     };
@@ -683,11 +692,14 @@ impl<'a> Load<'a> {
             }
             let pos = self.pos.first().copied().unwrap_or(0);
             let now = Instant::now();
-            self.send(pos, Sent {
-                store,
-                intended: now,
-                recorded: i >= self.options.warmup,
-            })?;
+            self.send(
+                pos,
+                Sent {
+                    store,
+                    intended: now,
+                    recorded: i >= self.options.warmup,
+                },
+            )?;
             let mut last_progress = Instant::now();
             while !self.stores.get(store).is_none_or(StoreTrack::settled) {
                 if self.turn(Some(PATIENCE))? {
@@ -892,11 +904,14 @@ impl<'a> Load<'a> {
         pos.next += 1;
         let now = Instant::now();
         match store {
-            Some(store) => self.send(key, Sent {
-                store,
-                intended: now,
-                recorded: now >= self.from,
-            }),
+            Some(store) => self.send(
+                key,
+                Sent {
+                    store,
+                    intended: now,
+                    recorded: now >= self.from,
+                },
+            ),
             None => Ok(()),
         }
     }
@@ -981,7 +996,8 @@ impl<'a> Load<'a> {
                 }
                 Ok(n) => {
                     now = Instant::now();
-                    conn.inbuf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    conn.inbuf
+                        .extend_from_slice(chunk.get(..n).unwrap_or_default());
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -1321,7 +1337,9 @@ impl Report {
                 Value::Null => {}
                 Value::Number(n) => match n.as_u64() {
                     Some(n) => out.push_str(&format!("| {key} | {n} |\n")),
-                    None => out.push_str(&format!("| {key} | {:.1} |\n", n.as_f64().unwrap_or(0.0))),
+                    None => {
+                        out.push_str(&format!("| {key} | {:.1} |\n", n.as_f64().unwrap_or(0.0)))
+                    }
                 },
                 other => out.push_str(&format!("| {key} | {other} |\n")),
             }
@@ -1391,11 +1409,24 @@ mod tests {
             acked: true,
         });
         let mut report = Report::default();
-        record(&mut track, 0, start + Duration::from_micros(10), &mut report);
+        record(
+            &mut track,
+            0,
+            start + Duration::from_micros(10),
+            &mut report,
+        );
         assert!(!track.settled());
-        record(&mut track, 0, start + Duration::from_micros(25), &mut report);
+        record(
+            &mut track,
+            0,
+            start + Duration::from_micros(25),
+            &mut report,
+        );
         assert!(track.settled());
-        assert_eq!((report.first.clone(), report.last.clone()), (vec![10_000], vec![25_000]));
+        assert_eq!(
+            (report.first.clone(), report.last.clone()),
+            (vec![10_000], vec![25_000])
+        );
         record(&mut track, 0, start, &mut report);
         assert_eq!(report.unexpected, 1);
     }
