@@ -61,7 +61,7 @@ fn auth_failures_complete_the_handshake_then_close_1008() {
     let server = TestServer::start();
     let base = format!("ws://{}/api/v1/ws/t1/s1", server.addr);
     let cases = [
-        (format!("{base}"), "No token provided"),
+        (base.clone(), "No token provided"),
         (format!("{base}?token="), "No token provided"),
         (format!("{base}?token=not.a.jwt"), "Authentication failed"),
         (
