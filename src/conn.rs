@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use mio::net::TcpStream;
+use tungstenite::Bytes;
 use tungstenite::protocol::WebSocketContext;
 
 use crate::auth::{AuthError, Claims};
@@ -153,6 +154,104 @@ impl HttpConn {
     }
 }
 
+/// Frames the server framed itself (each alert once for its whole store, the greeting,
+/// replies), waiting for the socket, oldest first. Shared `Bytes`: an alert queued to a
+/// thousand connections is one allocation.
+#[derive(Default)]
+pub struct FrameQueue {
+    /// Whole frames; the first may be partly written.
+    frames: VecDeque<Bytes>,
+    /// Bytes of the first frame already written.
+    head_written: usize,
+    /// Bytes queued and not yet written, across all frames.
+    unwritten: usize,
+}
+
+impl FrameQueue {
+    /// Queues one complete frame.
+    pub fn push(&mut self, frame: Bytes) {
+        self.unwritten += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn unwritten(&self) -> usize {
+        self.unwritten
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Drops every frame not yet begun; a frame partly written stays, since cutting it
+    /// would corrupt the stream. For a connection being closed as a slow consumer.
+    pub fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.head_written > 0);
+        self.frames.truncate(keep);
+        self.unwritten = self
+            .frames
+            .front()
+            .map_or(0, |f| f.len() - self.head_written);
+    }
+
+    /// Writes as much as the socket takes. `Ok(true)` when the queue is empty; its
+    /// storage is then released, so an idle connection holds none.
+    pub fn drain(&mut self, socket: &mut TcpStream) -> io::Result<bool> {
+        while let Some(front) = self.frames.front() {
+            match socket.write(&front[self.head_written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.head_written += n;
+                    self.unwritten -= n;
+                    if self.head_written == front.len() {
+                        self.frames.pop_front();
+                        self.head_written = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        self.frames = VecDeque::new();
+        Ok(true)
+    }
+}
+
+/// The socket as tungstenite sees it. The server's own queued frames go out before any
+/// byte of tungstenite's, and tungstenite's bytes are refused (WouldBlock) until they
+/// have, so neither can split or overtake the other. This holds because frames are only
+/// queued while tungstenite holds nothing unwritten (see [`WsConn::ctx_pending`]).
+pub struct Wire<'a> {
+    /// The connection's socket.
+    pub socket: &'a mut TcpStream,
+    /// The connection's own frame queue.
+    pub frames: &'a mut FrameQueue,
+}
+
+impl Read for Wire<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.socket.read(buf)
+    }
+}
+
+impl Write for Wire<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !self.frames.drain(self.socket)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.frames.drain(self.socket)? {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.socket.flush()
+    }
+}
+
 /// State of the WebSocket phase.
 pub struct WsConn {
     /// tungstenite's protocol state and frame buffers; the socket is passed in per call.
@@ -171,6 +270,11 @@ pub struct WsConn {
     pub peer_close: Option<u16>,
     /// Frames were queued since the last flush.
     pub dirty: bool,
+    /// Frames the server framed itself, written ahead of tungstenite's bytes.
+    pub frames: FrameQueue,
+    /// tungstenite may hold unwritten bytes (set by any call that can write, cleared by a
+    /// complete flush). While set, new messages go through tungstenite, behind them.
+    pub ctx_pending: bool,
     /// The token's expiry on the wheel.
     pub token_timer: Option<TimerId>,
     /// A read failed for good (protocol error, oversized or invalid message): the

@@ -17,20 +17,18 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
-use tungstenite::Message;
-use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 mod guard;
+mod ws;
 
 use crate::api::{self, Route};
 use crate::auth::AuthError;
-use crate::conn::{Conn, HeldResponse, HttpConn, PendingUpgrade, Phase, WsConn};
+use crate::conn::{Conn, HeldResponse, HttpConn, PendingUpgrade, Phase};
 use crate::event;
 use crate::http::{self, HeadLimits, Method, RequestHead, Response};
 use crate::limits::{ClientLimits, LimitSettings};
-use crate::metrics::{self, AttemptResult, ProcessStats};
+use crate::metrics::{self, ProcessStats};
 use crate::service::{Deadline, Service};
 use crate::store::Timestamp;
 
@@ -50,6 +48,12 @@ const MAX_HELD_PER_CONN: usize = 64;
 /// Unwritten output past which a connection's further requests wait (backpressure on a
 /// client that pipelines but does not read).
 const MAX_UNWRITTEN: usize = 256 * 1024;
+
+/// tungstenite's read buffer per WebSocket. It is allocated for every connection and
+/// zero-filled on the first read, so it is most of an idle connection's memory; clients
+/// send only small frames (pings, pongs, a token renewal), and a larger frame still
+/// fits because the buffer grows to the frame's length as it is read.
+const WS_READ_BUFFER: usize = 128;
 
 /// How long a closing WebSocket may take to answer our close frame before it is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -83,6 +87,10 @@ pub struct Server {
     revisit: Vec<usize>,
     /// Connections holding responses for the current pass.
     holding: Vec<usize>,
+    /// The housekeeping deadline fired; the upkeep runs at the end of the pass.
+    housekeeping_due: bool,
+    /// Upgraded connections waiting for the pass commit before they join their store.
+    upgrades_after_commit: Vec<usize>,
     /// WebSockets with queued frames to flush at the end of the pass.
     dirty: Vec<usize>,
     /// Shutdown began; the loop ends when no connection is left or at this instant.
@@ -175,6 +183,8 @@ impl Server {
             next_serial: 0,
             revisit: Vec::new(),
             holding: Vec::new(),
+            upgrades_after_commit: Vec::new(),
+            housekeeping_due: false,
             dirty: Vec::new(),
             shutdown_by: None,
             local_addr,
@@ -389,7 +399,13 @@ impl Server {
             }
             if http.unwritten() == 0 && http.held.is_empty() {
                 if http.upgrade.is_some() {
-                    self.start_websocket(key);
+                    // A joining client must see only committed state: wait for the
+                    // pass's commit if it has writes (end_pass starts it then).
+                    if self.service.store.has_pending() {
+                        self.upgrades_after_commit.push(key);
+                    } else {
+                        self.start_websocket(key);
+                    }
                     return;
                 }
                 if http.close_after_write {
@@ -699,12 +715,7 @@ impl Server {
                     Err(error) => {
                         // The store refused a write: void the whole pass so memory and
                         // disk agree, and tell this client to retry.
-                        event!(
-                            Level::Error,
-                            "storage_write_failed",
-                            route = template,
-                            error = error.to_string()
-                        );
+                        self.storage_failed("storage_write_failed", &error.to_string());
                         self.service.rollback_pass();
                         let response = storage_unavailable(&error.to_string(), template);
                         self.respond(key, &head, response, template, started, false);
@@ -877,356 +888,6 @@ impl Server {
             .http_request("websocket", 101, started.elapsed());
     }
 
-    /// Turns connection `key` into a WebSocket now that its 101 is written: refuse it
-    /// with a close frame, or subscribe it and send the connection message and the
-    /// store's current (or replayed) alerts.
-    fn start_websocket(&mut self, key: usize) {
-        let ws_config = self.ws_config();
-        let ping_interval = self.ping_interval();
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let peer = conn.peer;
-        let serial = conn.serial;
-        let Phase::Http(http) = &mut conn.phase else {
-            return;
-        };
-        let Some(upgrade) = http.upgrade.take() else {
-            return;
-        };
-        let leftover = std::mem::take(&mut http.inbuf);
-
-        let ctx = WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
-        let now = Instant::now();
-        let ws = WsConn {
-            ctx,
-            tenant: upgrade.tenant.clone(),
-            store: upgrade.store.clone(),
-            subscribed: false,
-            last_seen: now,
-            closing: None,
-            peer_close: None,
-            dirty: false,
-            token_timer: None,
-            read_failed: false,
-        };
-        conn.phase = Phase::WebSocket(Box::new(ws));
-
-        // Refused: the close frame goes right after the handshake.
-        let claims = match upgrade.auth {
-            Ok(claims) => claims,
-            Err(error) => {
-                self.service.metrics.attempt(AttemptResult::AuthFailed);
-                self.auth_failed(peer);
-                event!(
-                    Level::Warn,
-                    "websocket_auth_failed",
-                    peer = peer,
-                    tenant_id = upgrade.tenant,
-                    store_code = upgrade.store,
-                    reason = error.to_string()
-                );
-                self.ws_close(key, CloseCode::Policy, &error.to_string());
-                return;
-            }
-        };
-
-        // Accepted: subscribe, then greet, then catch the client up.
-        let store_key = (upgrade.tenant.clone(), upgrade.store.clone());
-        let members = self.subscribers.entry(store_key).or_default();
-        members.push(key);
-        let store_count = members.len();
-        self.service.metrics.attempt(AttemptResult::Accepted);
-        self.service.metrics.websocket_open += 1;
-
-        let last_seq = self.service.store.last_seq(&upgrade.tenant, &upgrade.store);
-        let mut greeting = serde_json::json!({
-            "type": "connection",
-            "status": "connected",
-            "tenant_id": upgrade.tenant,
-            "store_code": upgrade.store,
-            "timestamp": Timestamp::now().to_rfc3339(),
-            "last_seq": last_seq,
-        });
-        let catch_up = match upgrade.since {
-            None => self.service.current_alerts(&upgrade.tenant, &upgrade.store),
-            Some(since) => {
-                match self
-                    .service
-                    .store
-                    .alerts_since(&upgrade.tenant, &upgrade.store, since)
-                {
-                    Ok(crate::store::Replay::Alerts(alerts)) => {
-                        greeting["replay"] = "complete".into();
-                        alerts
-                    }
-                    Ok(crate::store::Replay::Truncated) => {
-                        greeting["replay"] = "truncated".into();
-                        self.service.current_alerts(&upgrade.tenant, &upgrade.store)
-                    }
-                    Err(error) => {
-                        event!(
-                            Level::Error,
-                            "alert_replay_failed",
-                            error = error.to_string()
-                        );
-                        greeting["replay"] = "unavailable".into();
-                        self.service.current_alerts(&upgrade.tenant, &upgrade.store)
-                    }
-                }
-            }
-        };
-
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return;
-        };
-        ws.subscribed = true;
-        let mut failed = false;
-        for text in std::iter::once(greeting.to_string()).chain(catch_up) {
-            match ws.ctx.write(&mut conn.socket, Message::Text(text.into())) {
-                Ok(()) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        ws.dirty = true;
-        self.dirty.push(key);
-
-        // Ping and idle clock, and the token's own expiry.
-        if let Some(old) = conn.timer.take() {
-            self.service.timers.cancel(old);
-        }
-        let ping = now + ping_interval;
-        conn.timer = Some(
-            self.service
-                .timers
-                .insert(ping, Deadline::Connection { key, serial }),
-        );
-        self.schedule_token_expiry(key, claims.exp);
-
-        event!(
-            Level::Info,
-            "websocket_connected",
-            tenant_id = upgrade.tenant,
-            store_code = upgrade.store,
-            peer = peer,
-            connection_count = store_count
-        );
-        if failed {
-            self.remove(key, None, "write failed");
-        }
-    }
-
-    fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.service.config.websocket.ping_interval_seconds)
-    }
-
-    fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.service.config.websocket.idle_timeout_seconds)
-    }
-
-    /// tungstenite settings: a small read buffer (clients send only small frames), the
-    /// inbound message limit, and the outbound queue limit that marks a slow consumer.
-    fn ws_config(&self) -> WebSocketConfig {
-        let ws = &self.service.config.websocket;
-        let queue = ws.max_outbound_queue_bytes;
-        WebSocketConfig::default()
-            .read_buffer_size(2048)
-            .write_buffer_size(queue.min(64 * 1024) / 2)
-            .max_write_buffer_size(queue)
-            .max_message_size(Some(ws.max_message_bytes))
-            .max_frame_size(Some(ws.max_message_bytes))
-    }
-
-    /// Reads every frame the client sent.
-    fn ws_read(&mut self, key: usize) {
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            let Phase::WebSocket(ws) = &mut conn.phase else {
-                return;
-            };
-            if ws.read_failed {
-                self.ws_discard(key);
-                return;
-            }
-            let result = ws.ctx.read(&mut conn.socket);
-            if result.is_ok() {
-                ws.last_seen = Instant::now();
-            }
-            match result {
-                Ok(Message::Text(text)) => {
-                    if text.as_str() == "ping" {
-                        self.ws_send(key, Message::Text("pong".into()));
-                    } else if let Some(renewal) = crate::renewal::parse_renewal(text.as_str()) {
-                        self.ws_renew(key, renewal);
-                    }
-                }
-                Ok(Message::Close(frame)) => {
-                    // tungstenite queues the reply; the next read reports the end.
-                    ws.peer_close = Some(frame.map_or(1005, |f| u16::from(f.code)));
-                    self.mark_dirty(key);
-                }
-                Ok(Message::Ping(_)) => self.mark_dirty(key), // the automatic pong
-                Ok(_) => {}
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return;
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    let code = ws.closing.or(ws.peer_close);
-                    self.remove(key, code, "closed");
-                    return;
-                }
-                Err(tungstenite::Error::Capacity(_)) => {
-                    ws.read_failed = true;
-                    self.ws_close(key, CloseCode::Size, "Message too big");
-                    return;
-                }
-                Err(tungstenite::Error::Utf8(_)) => {
-                    ws.read_failed = true;
-                    self.ws_close(key, CloseCode::Invalid, "Invalid UTF-8");
-                    return;
-                }
-                Err(tungstenite::Error::Protocol(
-                    tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                )) => {
-                    // The peer vanished (EOF without a close frame): nothing to answer.
-                    self.remove(key, None, "connection lost");
-                    return;
-                }
-                Err(tungstenite::Error::Protocol(_)) => {
-                    ws.read_failed = true;
-                    self.ws_close(key, CloseCode::Protocol, "Protocol error");
-                    return;
-                }
-                Err(tungstenite::Error::WriteBufferFull(_)) => {
-                    self.slow_consumer(key);
-                    return;
-                }
-                Err(_) => {
-                    self.remove(key, None, "connection lost");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Queues one message to a WebSocket, handling a full queue and a dead peer.
-    fn ws_send(&mut self, key: usize, message: Message) -> bool {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return false;
-        };
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return false;
-        };
-        match ws.ctx.write(&mut conn.socket, message) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(tungstenite::Error::WriteBufferFull(_)) => {
-                self.slow_consumer(key);
-                return false;
-            }
-            Err(_) => {
-                self.remove(key, None, "write failed");
-                return false;
-            }
-        }
-        self.mark_dirty(key);
-        true
-    }
-
-    fn mark_dirty(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return;
-        };
-        if !ws.dirty {
-            ws.dirty = true;
-            self.dirty.push(key);
-        }
-    }
-
-    /// Writes what a WebSocket has queued.
-    fn ws_flush(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return;
-        };
-        ws.dirty = false;
-        match ws.ctx.flush(&mut conn.socket) {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(tungstenite::Error::ConnectionClosed) => {
-                let code = ws.closing.or(ws.peer_close);
-                self.remove(key, code, "closed");
-            }
-            Err(_) => self.remove(key, None, "write failed"),
-        }
-    }
-
-    /// Starts our side of the close handshake with `code`; the connection is dropped
-    /// when the client answers or after [`CLOSE_WAIT`].
-    fn ws_close(&mut self, key: usize, code: CloseCode, reason: &str) {
-        let Some(conn) = self.conns.get_mut(key) else {
-            return;
-        };
-        let serial = conn.serial;
-        let Phase::WebSocket(ws) = &mut conn.phase else {
-            return;
-        };
-        if ws.closing.is_some() {
-            return;
-        }
-        ws.closing = Some(u16::from(code));
-        let frame = CloseFrame {
-            code,
-            reason: reason.to_owned().into(),
-        };
-        let result = ws.ctx.close(&mut conn.socket, Some(frame));
-        if let Some(old) = conn.timer.take() {
-            self.service.timers.cancel(old);
-        }
-        let wait = Instant::now() + CLOSE_WAIT;
-        conn.timer = Some(
-            self.service
-                .timers
-                .insert(wait, Deadline::Connection { key, serial }),
-        );
-        match result {
-            Ok(()) => {}
-            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => self.remove(key, Some(u16::from(code)), reason),
-        }
-    }
-
-    /// Closes a connection whose outbound queue overflowed. Its queue is full, so the
-    /// 1013 close frame cannot be queued behind it: the socket is closed at once, which
-    /// is all a client that stopped reading can be told.
-    fn slow_consumer(&mut self, key: usize) {
-        self.service.metrics.slow_consumers += 1;
-        let limit = self.service.config.websocket.max_outbound_queue_bytes;
-        if let Some(conn) = self.conns.get(key) {
-            event!(
-                Level::Warn,
-                "websocket_slow_consumer",
-                peer = conn.peer,
-                queue_limit = limit
-            );
-        }
-        self.remove(key, Some(1013), "Slow consumer");
-    }
-
     /// Removes connection `key` entirely: poll registration, timers, subscription, slot.
     fn remove(&mut self, key: usize, code: Option<u16>, reason: &str) {
         if !self.conns.contains(key) {
@@ -1302,8 +963,8 @@ impl Server {
                 self.service.cooldowns.expire(&cooldown, Instant::now());
             }
             Deadline::Housekeeping => {
-                self.sweep_limits();
-                self.housekeeping();
+                // Storage upkeep needs no pass open: end_pass runs it after the commit.
+                self.housekeeping_due = true;
                 let next = Instant::now() + HOUSEKEEPING_EVERY;
                 self.service.timers.insert(next, Deadline::Housekeeping);
             }
@@ -1314,8 +975,6 @@ impl Server {
         let now = Instant::now();
         let request_timeout = self.http_timeout();
         let keep_alive = self.keep_alive();
-        let ping_interval = self.ping_interval();
-        let idle_timeout = self.idle_timeout();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -1359,38 +1018,10 @@ impl Server {
                     due
                 }
             }
-            Phase::WebSocket(ws) => {
-                if ws.closing.is_some() {
-                    let code = ws.closing;
-                    self.remove(key, code, "close handshake timed out");
-                    return;
-                }
-                if now.duration_since(ws.last_seen) >= idle_timeout {
-                    event!(
-                        Level::Info,
-                        "websocket_idle_timeout",
-                        peer = peer,
-                        tenant_id = ws.tenant,
-                        store_code = ws.store
-                    );
-                    let frame = CloseFrame {
-                        code: CloseCode::Away,
-                        reason: "Idle timeout".into(),
-                    };
-                    let _ = ws.ctx.close(&mut conn.socket, Some(frame));
-                    self.remove(key, Some(1001), "Idle timeout");
-                    return;
-                }
-                let _ = ws
-                    .ctx
-                    .write(&mut conn.socket, Message::Ping(Default::default()));
-                if !ws.dirty {
-                    ws.dirty = true;
-                    self.dirty.push(key);
-                }
-                let idle_left = idle_timeout.saturating_sub(now.duration_since(ws.last_seen));
-                now + ping_interval.min(idle_left)
-            }
+            Phase::WebSocket(_) => match self.ws_deadline(key, now) {
+                Some(next) => next,
+                None => return,
+            },
         };
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -1450,15 +1081,19 @@ impl Server {
     }
 
     /// Ends the pass: commit, release held responses, fan out alerts, flush WebSockets.
+    ///
+    /// Clients that upgraded during the pass join their store after the commit and the
+    /// fan-out, so they see committed state and no alert twice. Storage upkeep runs last,
+    /// with no pass open.
     fn end_pass(&mut self) {
+        let was_writable = self.service.writable;
         let committed = match self.service.commit_pass() {
-            Ok(()) => true,
+            Ok(()) => {
+                self.storage_recovered(was_writable);
+                true
+            }
             Err(error) => {
-                event!(
-                    Level::Error,
-                    "storage_commit_failed",
-                    error = error.to_string()
-                );
+                self.storage_failed("storage_commit_failed", &error.to_string());
                 false
             }
         };
@@ -1473,6 +1108,9 @@ impl Server {
         for alert in &alerts {
             self.fan_out(alert);
         }
+        for key in std::mem::take(&mut self.upgrades_after_commit) {
+            self.start_websocket(key);
+        }
         for key in std::mem::take(&mut self.dirty) {
             self.ws_flush(key);
         }
@@ -1486,6 +1124,34 @@ impl Server {
         for key in std::mem::take(&mut self.holding) {
             self.release_held(key, committed, epoch);
             self.revisit.push(key);
+        }
+
+        if std::mem::take(&mut self.housekeeping_due) {
+            self.sweep_limits();
+            self.housekeeping();
+        }
+    }
+
+    /// Logs a storage failure once, at error, when the store turns unwritable; while it
+    /// stays so, later failures (POS terminals retry every second) log at debug only.
+    fn storage_failed(&mut self, event_name: &'static str, error: &str) {
+        let level = if self.service.writable {
+            Level::Error
+        } else {
+            Level::Debug
+        };
+        event!(
+            level,
+            "storage_unwritable",
+            cause = event_name,
+            error = error
+        );
+    }
+
+    /// Logs the return of a store that was unwritable, once.
+    fn storage_recovered(&mut self, was_writable: bool) {
+        if !was_writable && self.service.writable {
+            event!(Level::Info, "storage_writable_again");
         }
     }
 
@@ -1519,34 +1185,6 @@ impl Server {
             let reason = error.to_string();
             self.drop_http(key, &reason);
         }
-    }
-
-    /// Sends one committed alert to every subscriber of its store.
-    fn fan_out(&mut self, alert: &crate::service::PendingAlert) {
-        let store_key = (alert.tenant_id.clone(), alert.store_code.clone());
-        let members = self
-            .subscribers
-            .get(&store_key)
-            .cloned()
-            .unwrap_or_default();
-        let text: tungstenite::Utf8Bytes = alert.payload.clone().into();
-
-        let mut delivered = 0u64;
-        for key in members {
-            if self.ws_send(key, Message::Text(text.clone())) {
-                delivered += 1;
-            }
-        }
-        self.service.metrics.alert_sent(alert.kind, delivered);
-        event!(
-            Level::Info,
-            "websocket_alert_sent",
-            tenant_id = alert.tenant_id,
-            store_code = alert.store_code,
-            item_code = alert.item_code,
-            alert_type = alert.kind.as_str(),
-            connection_count = delivered
-        );
     }
 
     /// SIGINT/SIGTERM: stop accepting, close every WebSocket with 1001, let HTTP
@@ -1641,10 +1279,11 @@ fn log_http_error(status: u16, route: &'static str, response: &Response, peer: S
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_default();
-    let level = if status >= 500 {
-        Level::Warn
-    } else {
-        Level::Info
+    // A 503's cause (storage, the connection limit) is logged once where it happens.
+    let level = match status {
+        503 => Level::Debug,
+        500.. => Level::Warn,
+        _ => Level::Info,
     };
     event!(
         level,

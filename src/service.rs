@@ -24,8 +24,9 @@ pub enum Deadline {
     Connection { key: usize, serial: u64 },
     /// A WebSocket's token runs out.
     TokenExpiry { key: usize, serial: u64 },
-    /// A cooldown runs out.
-    Cooldown(CooldownKey),
+    /// A cooldown runs out. Boxed: every connection holds two deadlines, and the key's
+    /// three strings inline would triple the size of each.
+    Cooldown(Box<CooldownKey>),
     /// Periodic storage upkeep: WAL checkpoint and purges.
     Housekeeping,
 }
@@ -135,7 +136,7 @@ impl Service {
 
             if !self.cooldowns.period().is_zero() {
                 let until = clock + self.cooldowns.period();
-                let timer = self.timers.insert(until, Deadline::Cooldown(key.clone()));
+                let timer = self.timers.insert(until, Deadline::Cooldown(Box::new(key.clone())));
                 if let Some(replaced) = self.cooldowns.start(key.clone(), clock, timer) {
                     self.timers.cancel(replaced);
                 }
