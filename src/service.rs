@@ -136,7 +136,9 @@ impl Service {
 
             if !self.cooldowns.period().is_zero() {
                 let until = clock + self.cooldowns.period();
-                let timer = self.timers.insert(until, Deadline::Cooldown(Box::new(key.clone())));
+                let timer = self
+                    .timers
+                    .insert(until, Deadline::Cooldown(Box::new(key.clone())));
                 if let Some(replaced) = self.cooldowns.start(key.clone(), clock, timer) {
                     self.timers.cancel(replaced);
                 }
