@@ -249,10 +249,10 @@ fn apply_framing_headers(head: &mut RequestHead) -> Result<(), HeadError> {
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
+                // HTTP/1.0 keep-alive is not offered: a 1.0 connection always closes
+                // after its response, which 1.0 clients expect without any header.
                 if token.eq_ignore_ascii_case(b"close") {
                     head.keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && head.minor_version == 0 {
-                    head.keep_alive = true;
                 }
             }
         } else if name.eq_ignore_ascii_case("expect") {
@@ -392,7 +392,10 @@ mod tests {
 
         assert!(!close.keep_alive);
         assert!(!old.keep_alive);
-        assert!(old_kept.unwrap().keep_alive);
+        assert!(
+            !old_kept.unwrap().keep_alive,
+            "1.0 keep-alive is not offered"
+        );
     }
 
     #[test]

@@ -69,8 +69,16 @@ impl std::error::Error for IdempotencyError {}
 /// The key a request carries, if any: `Ok(None)` without the header, `Err(BadKey)` for
 /// a header that is not 1 to [`MAX_KEY_LEN`] visible ASCII characters (no spaces).
 pub fn request_key(head: &RequestHead) -> Result<Option<&str>, IdempotencyError> {
-    let Some(value) = head.header(HEADER) else {
+    let Some((_, raw)) = head
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(HEADER))
+    else {
         return Ok(None);
+    };
+    // A key that is not text is refused, not ignored: ignoring it would apply a retry.
+    let Ok(value) = std::str::from_utf8(raw) else {
+        return Err(IdempotencyError::BadKey);
     };
     let key = value.trim();
     let valid =

@@ -87,6 +87,8 @@ pub struct Server {
     revisit: Vec<usize>,
     /// Connections holding responses for the current pass.
     holding: Vec<usize>,
+    /// Accepting failed for lack of resources (file descriptors); retried every pass.
+    accept_stalled: bool,
     /// The housekeeping deadline fired; the upkeep runs at the end of the pass.
     housekeeping_due: bool,
     /// Upgraded connections waiting for the pass commit before they join their store.
@@ -185,6 +187,7 @@ impl Server {
             holding: Vec::new(),
             upgrades_after_commit: Vec::new(),
             housekeeping_due: false,
+            accept_stalled: false,
             dirty: Vec::new(),
             shutdown_by: None,
             local_addr,
@@ -243,6 +246,10 @@ impl Server {
                 }
             }
 
+            if self.accept_stalled {
+                self.accept(false);
+            }
+
             // Connections that still had input when they had to stop.
             for key in std::mem::take(&mut self.revisit) {
                 self.process(key);
@@ -274,12 +281,25 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    // EMFILE and friends: the connection stays in the backlog; log and
-                    // try again on the next readiness.
-                    event!(Level::Error, "accept_failed", error = error.to_string());
+                    // EMFILE and friends: the connection stays in the backlog. The
+                    // listener is edge-triggered and will not signal it again, so the
+                    // loop retries every pass until accepting works (logged once).
+                    if !self.accept_stalled {
+                        event!(
+                            Level::Error,
+                            "accept_failed",
+                            error = error.to_string(),
+                            message = "retrying each pass; raise `ulimit -n` above \
+                                       server.max_connections"
+                        );
+                    }
+                    self.accept_stalled = true;
                     return;
                 }
             };
+            if std::mem::take(&mut self.accept_stalled) {
+                event!(Level::Info, "accept_resumed");
+            }
 
             if let Err(refusal) = self.admit(peer, Instant::now()) {
                 self.refuse(socket, peer, refusal);
@@ -617,21 +637,37 @@ impl Server {
     }
 
     /// Queues `response` with `Connection: close` and closes once it is written.
+    ///
+    /// Behind responses held for the pass commit it is held too, so it cannot overtake
+    /// them: a POS must never read an error as the answer to its committed update.
     fn reply_and_close(&mut self, key: usize, response: Response, peer: SocketAddr) {
+        let epoch = self.service.pass.epoch;
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let Phase::Http(http) = &mut conn.phase else {
             return;
         };
-        log_http_error(response.status, "request", &response, peer);
+        http.head = None;
+        http.inbuf.clear();
+        http.close_after_write = true;
+        if !http.held.is_empty() {
+            http.held.push_back(HeldResponse {
+                epoch,
+                response,
+                keep_alive: false,
+                head_only: false,
+                route: "invalid",
+                started: Instant::now(),
+            });
+            return;
+        }
+
+        log_http_error(response.status, "invalid", &response, peer);
         self.service
             .metrics
             .http_request("invalid", response.status, Duration::ZERO);
-        http.head = None;
-        http.inbuf.clear();
         response.write_to(&mut http.outbuf, false, false);
-        http.close_after_write = true;
         let _ = http.flush(&mut conn.socket);
         if http.unwritten() == 0 && http.held.is_empty() {
             self.drop_http(key, "closed after error");
