@@ -826,3 +826,148 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(sample)?.trim().parse::<f64>().ok())
 }
+
+/// Freezing the process, for tests that need several requests to land in one loop pass.
+impl TestServer {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Stops the process (SIGSTOP) and waits until the kernel reports it stopped, so
+    /// that bytes written from now on pile up unread until [`TestServer::resume`].
+    pub fn pause(&self) {
+        let pid = self.pid();
+        signal(pid, "-STOP");
+        let stat_path = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let stat = std::fs::read_to_string(&stat_path).expect("read /proc stat");
+            // The state letter follows the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.trim().chars().next());
+            if state == Some('T') {
+                return;
+            }
+            assert!(Instant::now() < deadline, "server did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.pid(), "-CONT");
+    }
+}
+
+/// The bytes of a WebSocket upgrade request for `target` (path and query), with the
+/// RFC 6455 sample key and version 13.
+pub fn upgrade_request(target: &str) -> Vec<u8> {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {RAW_WS_KEY}\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// One final masked client frame of `opcode` carrying `payload` (under 126 bytes).
+pub fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "short frames only");
+    let key = [0x0f, 0x1e, 0x2d, 0x3c];
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// What a bounded read of one WebSocket frame found.
+#[derive(Debug)]
+pub enum FrameRead {
+    /// A whole frame: opcode and payload.
+    Frame(u8, Vec<u8>),
+    /// The server closed the connection.
+    Eof,
+    /// Nothing complete arrived within the wait.
+    TimedOut,
+}
+
+impl RawWs {
+    /// Reads the response head of an upgrade already written on `stream`; returns the
+    /// status and the socket, with any bytes after the head kept for frame reads.
+    pub fn after_upgrade(stream: TcpStream) -> (u16, RawWs) {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut raw = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
+        let end = loop {
+            if let Some(at) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(raw.fill(), "connection closed before the response head");
+        };
+        let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .expect("status code");
+        raw.buf.drain(..end);
+        (status, raw)
+    }
+
+    /// Reads the next whole frame, waiting at most `wait` for each read.
+    pub fn frame_within(&mut self, wait: Duration) -> FrameRead {
+        self.stream.set_read_timeout(Some(wait)).unwrap();
+        let read = loop {
+            if let Some((opcode, start, len)) = frame_bounds(&self.buf) {
+                if self.buf.len() >= start + len {
+                    let payload = self.buf[start..start + len].to_vec();
+                    self.buf.drain(..start + len);
+                    break FrameRead::Frame(opcode, payload);
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break FrameRead::Eof,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break FrameRead::Eof,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break FrameRead::TimedOut;
+                }
+                Err(e) => panic!("read failed: {e}"),
+            }
+        };
+        self.stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        read
+    }
+
+    /// The text of every text frame up to the server's `pong` answer to a `ping` text
+    /// sent now (pings and pongs skipped): everything the server had queued before.
+    pub fn texts_until_pong(&mut self) -> Vec<String> {
+        self.send_frame(0x81, true, b"ping", None);
+        let mut texts = Vec::new();
+        loop {
+            match self.read_frame() {
+                Some((0x1, payload)) => {
+                    let text = String::from_utf8(payload).expect("UTF-8 text frame");
+                    if text == "pong" {
+                        return texts;
+                    }
+                    texts.push(text);
+                }
+                Some((0x8, payload)) => panic!("closed before the pong: {payload:?}"),
+                Some(_) => continue,
+                None => panic!("connection ended before the pong"),
+            }
+        }
+    }
+}
