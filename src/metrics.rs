@@ -119,6 +119,8 @@ pub struct Metrics {
     pub http_duration: BTreeMap<&'static str, Histogram>,
     /// Time from an update fully read to its alert written to the last connection.
     pub alert_latency: Histogram,
+    /// Duration of each WAL checkpoint (storage upkeep, once a second when idle).
+    pub checkpoint_duration: Histogram,
     /// Duration of each pass transaction's commit.
     pub commit_duration: Histogram,
     /// Pass transactions rolled back after a failed write or a failed commit.
@@ -308,6 +310,15 @@ impl Metrics {
             "Duration of each group-commit transaction.",
         );
         self.commit_duration.render(&mut out, name, "");
+
+        let name = "stockalert_db_checkpoint_duration_seconds";
+        help(
+            &mut out,
+            name,
+            "histogram",
+            "Duration of each WAL checkpoint; the loop serves nobody meanwhile.",
+        );
+        self.checkpoint_duration.render(&mut out, name, "");
 
         let name = "stockalert_db_rollbacks_total";
         help(

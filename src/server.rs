@@ -61,8 +61,17 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// How long shutdown waits for responses in flight and close handshakes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How often storage upkeep (checkpoint, purges) runs.
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// A storage upkeep step this long stalls every client for as long, so it is logged.
+const SLOW_UPKEEP: Duration = Duration::from_millis(20);
+
+/// How often storage upkeep runs. A checkpoint copies what the WAL gathered since the
+/// last one and the loop serves nobody meanwhile, so it runs often to stay short:
+/// measured at 2,000 updates/s with durability full, one checkpoint a second stalled the
+/// loop for up to 0.9 s; every 100 ms bounds it to what 100 ms of writes left.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
+
+/// Every how many upkeep ticks the purges and the per-client sweep run (once a second).
+const PURGE_EVERY_TICKS: u32 = 10;
 
 /// Connections per store key: the slab keys of its subscribed WebSockets.
 type Subscribers = HashMap<(String, String), Vec<usize>>;
@@ -91,6 +100,8 @@ pub struct Server {
     accept_stalled: bool,
     /// The housekeeping deadline fired; the upkeep runs at the end of the pass.
     housekeeping_due: bool,
+    /// Upkeep ticks so far, to run the purges on every [`PURGE_EVERY_TICKS`]th.
+    upkeep_ticks: u32,
     /// Upgraded connections waiting for the pass commit before they join their store.
     upgrades_after_commit: Vec<usize>,
     /// WebSockets with queued frames to flush at the end of the pass.
@@ -187,6 +198,7 @@ impl Server {
             holding: Vec::new(),
             upgrades_after_commit: Vec::new(),
             housekeeping_due: false,
+            upkeep_ticks: 0,
             accept_stalled: false,
             dirty: Vec::new(),
             shutdown_by: None,
@@ -1069,14 +1081,33 @@ impl Server {
         );
     }
 
-    /// Storage upkeep while the loop is otherwise idle: a passive WAL checkpoint and
-    /// bounded purges of expired idempotency keys and old alert-log entries.
-    fn housekeeping(&mut self) {
+    /// Storage upkeep with no pass open: a passive WAL checkpoint and, when `purge` is
+    /// set, bounded purges of expired idempotency keys and old alert-log entries.
+    fn housekeeping(&mut self, purge: bool) {
         if self.service.store.has_pending() {
             return;
         }
-        if let Err(error) = self.service.store.checkpoint() {
-            event!(Level::Warn, "checkpoint_failed", error = error.to_string());
+        let started = Instant::now();
+        match self.service.store.checkpoint() {
+            Ok(stats) => {
+                let took = started.elapsed();
+                self.service.metrics.checkpoint_duration.observe(took);
+                if took >= SLOW_UPKEEP {
+                    event!(
+                        Level::Warn,
+                        "checkpoint_slow",
+                        millis = took.as_secs_f64() * 1000.0,
+                        wal_pages = stats.wal_pages,
+                        checkpointed_pages = stats.checkpointed_pages
+                    );
+                }
+            }
+            Err(error) => {
+                event!(Level::Warn, "checkpoint_failed", error = error.to_string());
+            }
+        }
+        if !purge {
+            return;
         }
         let now = Timestamp::now();
         let key_ttl = self.service.config.storage.idempotency_key_ttl_seconds as i64 * 1000;
@@ -1163,8 +1194,12 @@ impl Server {
         }
 
         if std::mem::take(&mut self.housekeeping_due) {
-            self.sweep_limits();
-            self.housekeeping();
+            self.upkeep_ticks = self.upkeep_ticks.wrapping_add(1);
+            let purge = self.upkeep_ticks % PURGE_EVERY_TICKS == 0;
+            if purge {
+                self.sweep_limits();
+            }
+            self.housekeeping(purge);
         }
     }
 
