@@ -197,7 +197,7 @@ impl FrameQueue {
 
     /// Writes as much as the socket takes. `Ok(true)` when the queue is empty; its
     /// storage is then released, so an idle connection holds none.
-    pub fn drain(&mut self, socket: &mut TcpStream) -> io::Result<bool> {
+    pub fn drain(&mut self, socket: &mut impl Write) -> io::Result<bool> {
         while let Some(front) = self.frames.front() {
             match socket.write(&front[self.head_written..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -281,4 +281,96 @@ pub struct WsConn {
     /// frame reader may hold a half-parsed header, so it must not be called again.
     /// Input is discarded until the peer closes or the close wait ends.
     pub read_failed: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `room` bytes, then would block.
+    struct Narrow {
+        written: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for Narrow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room).min(3); // short writes, as sockets do
+            self.written.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn frames_go_out_whole_and_in_order_across_would_block() {
+        let mut queue = FrameQueue::default();
+        queue.push(Bytes::from_static(b"first"));
+        queue.push(Bytes::from_static(b"second"));
+        assert_eq!(queue.unwritten(), 11);
+
+        let mut socket = Narrow {
+            written: Vec::new(),
+            room: 7,
+        };
+        assert!(!queue.drain(&mut socket).unwrap());
+        assert_eq!(socket.written, b"firstse");
+        assert_eq!(queue.unwritten(), 4);
+
+        socket.room = 100;
+        assert!(queue.drain(&mut socket).unwrap());
+        assert_eq!(socket.written, b"firstsecond");
+        assert!(queue.is_empty());
+        assert_eq!(queue.unwritten(), 0);
+    }
+
+    #[test]
+    fn drop_unstarted_keeps_a_partly_written_frame_only() {
+        let mut queue = FrameQueue::default();
+        queue.push(Bytes::from_static(b"abcdef"));
+        queue.push(Bytes::from_static(b"ghi"));
+        let mut socket = Narrow {
+            written: Vec::new(),
+            room: 2,
+        };
+        assert!(!queue.drain(&mut socket).unwrap());
+
+        queue.drop_unstarted();
+        assert_eq!(queue.unwritten(), 4, "the rest of the begun frame stays");
+        socket.room = 100;
+        assert!(queue.drain(&mut socket).unwrap());
+        assert_eq!(socket.written, b"abcdef");
+
+        let mut untouched = FrameQueue::default();
+        untouched.push(Bytes::from_static(b"xyz"));
+        untouched.drop_unstarted();
+        assert!(untouched.is_empty());
+        assert_eq!(untouched.unwritten(), 0);
+    }
+
+    #[test]
+    fn a_socket_error_is_reported_not_swallowed() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut queue = FrameQueue::default();
+        queue.push(Bytes::from_static(b"x"));
+        assert_eq!(
+            queue.drain(&mut Broken).unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+    }
 }
