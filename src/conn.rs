@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
@@ -252,14 +253,22 @@ impl Write for Wire<'_> {
     }
 }
 
+/// The store a WebSocket follows. One is shared (`Rc`) by every connection of the
+/// store and the subscriber map, so a connection holds a pointer, not two strings.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreKey {
+    /// The tenant the store belongs to.
+    pub tenant_id: String,
+    /// The store within the tenant.
+    pub store_code: String,
+}
+
 /// State of the WebSocket phase.
 pub struct WsConn {
     /// tungstenite's protocol state and frame buffers; the socket is passed in per call.
     pub ctx: WebSocketContext,
-    /// The tenant this connection follows.
-    pub tenant: String,
-    /// The store this connection follows.
-    pub store: String,
+    /// The tenant and store this connection follows (shared with the subscriber map).
+    pub subscription: Rc<StoreKey>,
     /// Subscribed to the store's alerts (false while being refused).
     pub subscribed: bool,
     /// When anything was last heard from the client: the idle clock.
@@ -275,8 +284,10 @@ pub struct WsConn {
     /// tungstenite may hold unwritten bytes (set by any call that can write, cleared by a
     /// complete flush). While set, new messages go through tungstenite, behind them.
     pub ctx_pending: bool,
-    /// The token's expiry on the wheel.
-    pub token_timer: Option<TimerId>,
+    /// When the token runs out (`None`: beyond what an `Instant` can hold). Checked by
+    /// the connection's own deadline, which never sleeps past it: one timer-wheel entry
+    /// per connection instead of two.
+    pub token_expires: Option<Instant>,
     /// A read failed for good (protocol error, oversized or invalid message): the
     /// frame reader may hold a half-parsed header, so it must not be called again.
     /// Input is discarded until the peer closes or the close wait ends.

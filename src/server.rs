@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::Level;
@@ -27,7 +28,7 @@ mod guard;
 mod requests;
 mod ws;
 
-use crate::conn::{Conn, HttpConn, Phase};
+use crate::conn::{Conn, HttpConn, Phase, StoreKey};
 use crate::event;
 use crate::limits::{ClientLimits, LimitSettings};
 use crate::service::{Deadline, Service};
@@ -75,7 +76,7 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 const PURGE_EVERY_TICKS: u32 = 10;
 
 /// Connections per store key: the slab keys of its subscribed WebSockets.
-type Subscribers = HashMap<(String, String), Vec<usize>>;
+type Subscribers = HashMap<Rc<StoreKey>, Vec<usize>>;
 
 /// The server: listener, connections, and the service state.
 pub struct Server {
@@ -419,17 +420,14 @@ impl Server {
                 );
             }
             Phase::WebSocket(ws) => {
-                if let Some(timer) = ws.token_timer {
-                    self.service.timers.cancel(timer);
-                }
                 let mut count = 0;
                 if ws.subscribed {
-                    let store_key = (ws.tenant.clone(), ws.store.clone());
-                    if let Some(members) = self.subscribers.get_mut(&store_key) {
+                    let store_key: &StoreKey = &ws.subscription;
+                    if let Some(members) = self.subscribers.get_mut(store_key) {
                         members.retain(|&k| k != key);
                         count = members.len();
                         if members.is_empty() {
-                            self.subscribers.remove(&store_key);
+                            self.subscribers.remove(store_key);
                         }
                     }
                     self.service.metrics.websocket_open -= 1;
@@ -437,8 +435,8 @@ impl Server {
                     event!(
                         Level::Info,
                         "websocket_disconnected",
-                        tenant_id = ws.tenant,
-                        store_code = ws.store,
+                        tenant_id = ws.subscription.tenant_id,
+                        store_code = ws.subscription.store_code,
                         peer = conn.peer,
                         close_code = code,
                         reason = reason,
@@ -453,17 +451,6 @@ impl Server {
     fn on_deadline(&mut self, deadline: Deadline) {
         match deadline {
             Deadline::Connection { key, serial } => self.on_conn_deadline(key, serial),
-            Deadline::TokenExpiry { key, serial } => {
-                let live = self.conns.get(key).is_some_and(|c| c.serial == serial);
-                if live {
-                    if let Some(Phase::WebSocket(ws)) =
-                        self.conns.get_mut(key).map(|c| &mut c.phase)
-                    {
-                        ws.token_timer = None;
-                    }
-                    self.ws_close(key, CloseCode::Policy, "Token expired");
-                }
-            }
             Deadline::Cooldown(cooldown) => {
                 self.service.cooldowns.expire(&cooldown, Instant::now());
             }

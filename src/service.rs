@@ -22,8 +22,6 @@ use crate::timer::{TimerId, TimerWheel};
 pub enum Deadline {
     /// A connection's own deadline (request timeout, keep-alive, ping, close wait).
     Connection { key: usize, serial: u64 },
-    /// A WebSocket's token runs out.
-    TokenExpiry { key: usize, serial: u64 },
     /// A cooldown runs out. Boxed: every connection holds two deadlines, and the key's
     /// three strings inline would triple the size of each.
     Cooldown(Box<CooldownKey>),

@@ -20,7 +20,6 @@ use crate::http::{RequestHead, Response};
 use crate::limits::{Refusal, Report};
 use crate::metrics::AttemptResult;
 use crate::renewal::{self, RenewalError};
-use crate::service::Deadline;
 
 impl Server {
     /// Decides whether a connection from `peer` may be accepted now: the total limit
@@ -178,27 +177,19 @@ impl Server {
         self.remove(key, code, "closed after a read error");
     }
 
-    /// Puts the expiry of a token with `exp` on the wheel for WebSocket `key`,
-    /// replacing any earlier one. A token already dead expires on the next pass.
+    /// Records the expiry of a token with `exp` for WebSocket `key`, replacing any
+    /// earlier one, and brings the connection's deadline forward to it if need be. A
+    /// token already dead expires on the next pass.
     pub(super) fn schedule_token_expiry(&mut self, key: usize, exp: u64) {
         let left = renewal::time_left(exp, SystemTime::now());
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let serial = conn.serial;
         let Phase::WebSocket(ws) = &mut conn.phase else {
             return;
         };
-        if let Some(old) = ws.token_timer.take() {
-            self.service.timers.cancel(old);
-        }
-        if let Some(at) = Instant::now().checked_add(left) {
-            let id = self
-                .service
-                .timers
-                .insert(at, Deadline::TokenExpiry { key, serial });
-            ws.token_timer = Some(id);
-        }
+        ws.token_expires = Instant::now().checked_add(left);
+        self.restart_ping_clock(key);
     }
 
     /// Handles a renewal message on WebSocket `key`: a valid token for the same tenant
@@ -216,10 +207,11 @@ impl Server {
             return;
         }
         let verdict = match renewal {
-            Ok(token) => self
-                .service
-                .verifier
-                .authorize(Some(&token), &ws.tenant, &ws.store),
+            Ok(token) => self.service.verifier.authorize(
+                Some(&token),
+                &ws.subscription.tenant_id,
+                &ws.subscription.store_code,
+            ),
             Err(_) => Err(crate::auth::AuthError::Invalid),
         };
 
@@ -229,8 +221,8 @@ impl Server {
                     Level::Debug,
                     "websocket_token_renewed",
                     peer = peer,
-                    tenant_id = ws.tenant,
-                    store_code = ws.store
+                    tenant_id = ws.subscription.tenant_id,
+                    store_code = ws.subscription.store_code
                 );
                 self.schedule_token_expiry(key, claims.exp);
             }
@@ -239,8 +231,8 @@ impl Server {
                     Level::Info,
                     "websocket_renewal_failed",
                     peer = peer,
-                    tenant_id = ws.tenant,
-                    store_code = ws.store,
+                    tenant_id = ws.subscription.tenant_id,
+                    store_code = ws.subscription.store_code,
                     reason = error.to_string()
                 );
                 self.auth_failed(peer);

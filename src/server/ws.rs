@@ -7,6 +7,7 @@
 //! bytes whole and in order.
 
 use std::io;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::Level;
@@ -18,7 +19,7 @@ use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Bytes, Message};
 
 use super::{CLOSE_WAIT, Server, WS_READ_BUFFER};
-use crate::conn::{Conn, FrameQueue, Phase, Wire, WsConn};
+use crate::conn::{Conn, FrameQueue, Phase, StoreKey, Wire, WsConn};
 use crate::event;
 use crate::metrics::AttemptResult;
 use crate::service::{Deadline, PendingAlert};
@@ -111,11 +112,18 @@ impl Server {
             return;
         };
         let leftover = std::mem::take(&mut http.inbuf);
+        let probe = StoreKey {
+            tenant_id: upgrade.tenant.clone(),
+            store_code: upgrade.store.clone(),
+        };
+        let subscription = match self.subscribers.get_key_value(&probe) {
+            Some((shared, _)) => Rc::clone(shared),
+            None => Rc::new(probe),
+        };
         let ctx = WebSocketContext::from_partially_read(leftover, Role::Server, Some(ws_config));
         conn.phase = Phase::WebSocket(Box::new(WsConn {
             ctx,
-            tenant: upgrade.tenant.clone(),
-            store: upgrade.store.clone(),
+            subscription: Rc::clone(&subscription),
             subscribed: false,
             last_seen: Instant::now(),
             closing: None,
@@ -123,7 +131,7 @@ impl Server {
             dirty: false,
             frames: FrameQueue::default(),
             ctx_pending: false,
-            token_timer: None,
+            token_expires: None,
             read_failed: false,
         }));
 
@@ -148,8 +156,7 @@ impl Server {
         };
 
         // Accepted: subscribe, greet, catch the client up, start its clocks.
-        let store_key = (upgrade.tenant.clone(), upgrade.store.clone());
-        let members = self.subscribers.entry(store_key).or_default();
+        let members = self.subscribers.entry(subscription).or_default();
         members.push(key);
         let store_count = members.len();
         self.service.metrics.attempt(AttemptResult::Accepted);
@@ -178,7 +185,6 @@ impl Server {
             }
         }
         self.mark_dirty(key);
-        self.restart_ping_clock(key);
         self.schedule_token_expiry(key, claims.exp);
 
         event!(
@@ -225,13 +231,18 @@ impl Server {
         }
     }
 
-    /// Puts the connection's own deadline at the next ping.
-    fn restart_ping_clock(&mut self, key: usize) {
-        let next = Instant::now() + self.ping_interval();
+    /// Puts the connection's own deadline at the next ping, or at the token's expiry if
+    /// that comes first.
+    pub(super) fn restart_ping_clock(&mut self, key: usize) {
+        let ping = Instant::now() + self.ping_interval();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
         let serial = conn.serial;
+        let next = match &conn.phase {
+            Phase::WebSocket(ws) => ws.token_expires.map_or(ping, |t| t.min(ping)),
+            Phase::Http(_) => ping,
+        };
         if let Some(old) = conn.timer.take() {
             self.service.timers.cancel(old);
         }
@@ -473,7 +484,10 @@ impl Server {
     /// Sends one committed alert to every subscriber of its store: framed once, the same
     /// bytes queued to each.
     pub(super) fn fan_out(&mut self, alert: &PendingAlert) {
-        let store_key = (alert.tenant_id.clone(), alert.store_code.clone());
+        let store_key = StoreKey {
+            tenant_id: alert.tenant_id.clone(),
+            store_code: alert.store_code.clone(),
+        };
         let members = self
             .subscribers
             .get(&store_key)
@@ -501,8 +515,9 @@ impl Server {
     }
 
     /// The connection deadline of a WebSocket: drop it after a close that was never
-    /// answered or a silence past the idle timeout, else ping it. Returns the next
-    /// deadline, or `None` once the connection is gone.
+    /// answered or a silence past the idle timeout, close it 1008 "Token expired" when
+    /// its token ran out, else ping it. Returns the next deadline, or `None` once the
+    /// connection is gone or closing (closing sets its own deadline).
     pub(super) fn ws_deadline(&mut self, key: usize, now: Instant) -> Option<Instant> {
         let ping_interval = self.ping_interval();
         let idle_timeout = self.idle_timeout();
@@ -516,14 +531,19 @@ impl Server {
             return None;
         }
 
+        if ws.token_expires.is_some_and(|expires| now >= expires) {
+            self.ws_close(key, CloseCode::Policy, "Token expired");
+            return None;
+        }
+
         let silent = now.duration_since(ws.last_seen);
         if silent >= idle_timeout {
             event!(
                 Level::Info,
                 "websocket_idle_timeout",
                 peer = peer,
-                tenant_id = ws.tenant,
-                store_code = ws.store
+                tenant_id = ws.subscription.tenant_id,
+                store_code = ws.subscription.store_code
             );
             let frame = CloseFrame {
                 code: CloseCode::Away,
@@ -545,6 +565,8 @@ impl Server {
         };
         let _ = ws.ctx.write(&mut wire, Message::Ping(Bytes::new()));
         self.mark_dirty(key);
-        Some(now + ping_interval.min(idle_timeout - silent))
+        let next = now + ping_interval.min(idle_timeout - silent);
+        let (_, ws) = ws_of(self.conns.get_mut(key))?;
+        Some(ws.token_expires.map_or(next, |expires| expires.min(next)))
     }
 }
