@@ -12,6 +12,9 @@ use super::types::{Durability, Item};
 /// The database file's name inside the data directory.
 pub(super) const DB_FILE: &str = "stockalert.db";
 
+/// Page size of a new database, bytes (see `connect`).
+const PAGE_SIZE: i64 = 1024;
+
 /// Prepared statements kept by the connection; more than the store uses, so
 /// the hot path never re-prepares.
 const STATEMENT_CACHE: usize = 32;
@@ -109,6 +112,11 @@ pub(super) fn connect(data_dir: &Path, durability: Durability) -> Result<Connect
     conn.busy_timeout(Duration::ZERO)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
 
+    // Every commit writes each page it touched whole to the WAL; rows here are small,
+    // so 1 KiB pages write a quarter of the bytes of SQLite's default 4 KiB. It takes
+    // effect only on a new database (before WAL mode is set); an existing one keeps its
+    // page size.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     let mode: String =
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
