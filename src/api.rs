@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::AlertKind;
 use crate::http::{Method, RequestHead, Response};
 use crate::service::Service;
-use crate::store::{StoreError, Timestamp, UpdateInput, UpdateType};
+use crate::store::{Item, StoreError, Timestamp, UpdateInput, UpdateType};
 
 /// Longest tenant, store or item identifier accepted.
 const MAX_IDENTIFIER: usize = 64;
@@ -444,11 +445,7 @@ pub fn serve_stock(
         }
 
         StockCall::Low => {
-            let data: Vec<_> = service
-                .store
-                .items(tenant, store)
-                .filter(|item| crate::alert::AlertKind::MinimumStock.is_due(&item.levels()))
-                .collect();
+            let data = items_due(service, tenant, store, AlertKind::MinimumStock);
             Ok(success(
                 200,
                 "items under their minimum stock",
@@ -458,11 +455,7 @@ pub fn serve_stock(
         }
 
         StockCall::ReorderAlerts => {
-            let data: Vec<_> = service
-                .store
-                .items(tenant, store)
-                .filter(|item| crate::alert::AlertKind::ReorderPoint.is_due(&item.levels()))
-                .collect();
+            let data = items_due(service, tenant, store, AlertKind::ReorderPoint);
             Ok(success(
                 200,
                 "items at or under their reorder point",
@@ -609,6 +602,20 @@ pub fn check_body(call: &StockCall, body: &[u8]) -> Result<(), String> {
         }
         _ => Ok(()),
     }
+}
+
+/// The store's items for which the `kind` rule holds right now, in item-code order.
+fn items_due<'a>(
+    service: &'a Service,
+    tenant: &str,
+    store: &str,
+    kind: AlertKind,
+) -> Vec<&'a Item> {
+    service
+        .store
+        .items(tenant, store)
+        .filter(|item| kind.is_due(&item.levels()))
+        .collect()
 }
 
 /// Validates every line of a batch before any is applied; the error names the line

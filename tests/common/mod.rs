@@ -697,26 +697,8 @@ pub fn raw_upgrade(addr: SocketAddr, target: &str, extra: &[(&str, &str)]) -> (u
     text.push_str("\r\n");
 
     let mut stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.write_all(text.as_bytes()).expect("write upgrade");
-    let mut raw = RawWs {
-        stream,
-        buf: Vec::new(),
-    };
-    let end = loop {
-        if let Some(at) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        assert!(raw.fill(), "connection closed before the response head");
-    };
-    let head = String::from_utf8_lossy(&raw.buf[..end]).into_owned();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .expect("status code");
-    raw.buf.drain(..end);
-    (status, raw)
+    RawWs::after_upgrade(stream)
 }
 
 impl RawWs {
