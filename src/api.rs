@@ -429,17 +429,11 @@ pub fn serve_stock(
                 .skip(skip)
                 .take(limit as usize)
                 .collect();
-            let metadata = PageMetadata {
+            Ok(page_response(
+                data,
                 total,
-                page,
-                limit,
-                sort: None,
-                filter: None,
-            };
-            Ok(success(
-                200,
+                (page, limit),
                 "stock items",
-                Page { data, metadata },
                 operation,
             ))
         }
@@ -479,29 +473,17 @@ pub fn serve_stock(
                 Err(message) => return bad(message),
             };
             let (data, total) = service.store.history(tenant, store, item, page, limit)?;
-            let metadata = PageMetadata {
+            Ok(page_response(
+                data,
                 total,
-                page,
-                limit,
-                sort: None,
-                filter: None,
-            };
-            Ok(success(
-                200,
+                (page, limit),
                 "stock update history",
-                Page { data, metadata },
                 operation,
             ))
         }
 
         StockCall::Update(item) => {
-            let parsed = parse_body::<UpdateBody>(body).and_then(|update| {
-                if update.item_code.is_some() {
-                    return Err("itemCode belongs in the path, not the body".to_string());
-                }
-                update.into_input()
-            });
-            let input = match parsed {
+            let input = match parse_update(body) {
                 Ok(input) => input,
                 Err(message) => return bad(message),
             };
@@ -532,13 +514,7 @@ pub fn serve_stock(
         }
 
         StockCall::Reorder(item) => {
-            let parsed = parse_body::<ReorderBody>(body).and_then(|b| {
-                Ok((
-                    threshold(b.reorder_point, "reorderPoint")?,
-                    threshold(b.reorder_quantity, "reorderQuantity")?,
-                ))
-            });
-            let (point, quantity) = match parsed {
+            let (point, quantity) = match parse_reorder(body) {
                 Ok(values) => values,
                 Err(message) => return bad(message),
             };
@@ -554,9 +530,7 @@ pub fn serve_stock(
         }
 
         StockCall::Minimum(item) => {
-            let parsed = parse_body::<MinimumBody>(body)
-                .and_then(|b| threshold(b.minimum_quantity, "minimumQuantity"));
-            let minimum = match parsed {
+            let minimum = match parse_minimum(body) {
                 Ok(value) => value,
                 Err(message) => return bad(message),
             };
@@ -583,25 +557,54 @@ fn refuse_number(error: StoreError, operation: &str) -> CallResult {
 /// touching any store: for the fuzz target and tests. `Err` is the 400 message.
 pub fn check_body(call: &StockCall, body: &[u8]) -> Result<(), String> {
     match call {
-        StockCall::Update(_) => {
-            let update = parse_body::<UpdateBody>(body)?;
-            if update.item_code.is_some() {
-                return Err("itemCode belongs in the path, not the body".to_string());
-            }
-            update.into_input().map(drop)
-        }
+        StockCall::Update(_) => parse_update(body).map(drop),
         StockCall::Batch => parse_batch(body).map(drop),
-        StockCall::Reorder(_) => {
-            let b = parse_body::<ReorderBody>(body)?;
-            threshold(b.reorder_point, "reorderPoint")?;
-            threshold(b.reorder_quantity, "reorderQuantity").map(drop)
-        }
-        StockCall::Minimum(_) => {
-            let b = parse_body::<MinimumBody>(body)?;
-            threshold(b.minimum_quantity, "minimumQuantity").map(drop)
-        }
+        StockCall::Reorder(_) => parse_reorder(body).map(drop),
+        StockCall::Minimum(_) => parse_minimum(body).map(drop),
         _ => Ok(()),
     }
+}
+
+/// The body of a single update; its item comes from the path, never the body.
+fn parse_update(body: &[u8]) -> Result<UpdateInput, String> {
+    let update = parse_body::<UpdateBody>(body)?;
+    if update.item_code.is_some() {
+        return Err("itemCode belongs in the path, not the body".to_string());
+    }
+    update.into_input()
+}
+
+/// The body of a reorder call: reorder point and reorder quantity, each >= 0.
+fn parse_reorder(body: &[u8]) -> Result<(f64, f64), String> {
+    let reorder = parse_body::<ReorderBody>(body)?;
+    Ok((
+        threshold(reorder.reorder_point, "reorderPoint")?,
+        threshold(reorder.reorder_quantity, "reorderQuantity")?,
+    ))
+}
+
+/// The body of a minimum call: the minimum quantity, >= 0.
+fn parse_minimum(body: &[u8]) -> Result<f64, String> {
+    let minimum = parse_body::<MinimumBody>(body)?;
+    threshold(minimum.minimum_quantity, "minimumQuantity")
+}
+
+/// A 200 carrying one page of a listing with its metadata.
+fn page_response<T: Serialize>(
+    data: Vec<T>,
+    total: u64,
+    (page, limit): (u32, u32),
+    message: &str,
+    operation: &str,
+) -> Response {
+    let metadata = PageMetadata {
+        total,
+        page,
+        limit,
+        sort: None,
+        filter: None,
+    };
+    success(200, message, Page { data, metadata }, operation)
 }
 
 /// The store's items for which the `kind` rule holds right now, in item-code order.

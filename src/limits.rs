@@ -258,7 +258,7 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 /// Rounds up to whole seconds, at least 1 (for `Retry-After`).
-fn ceil_seconds(duration: Duration) -> u64 {
+pub(crate) fn ceil_seconds(duration: Duration) -> u64 {
     let whole = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
     whole.max(1)
 }

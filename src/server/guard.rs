@@ -90,13 +90,13 @@ impl Server {
         if route == "websocket" {
             self.service.metrics.attempt(AttemptResult::Rejected);
         }
-        let seconds = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+
         let response = api::failure(
             429,
             "too many failed authentications from this address; retry later",
             route,
         )
-        .with_header("Retry-After", seconds.max(1).to_string());
+        .with_header("Retry-After", crate::limits::ceil_seconds(left).to_string());
         Some(response)
     }
 

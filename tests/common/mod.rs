@@ -463,16 +463,7 @@ impl HttpClient {
     }
 
     fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
-            Err(e) => panic!("read failed: {e}"),
-        }
+        fill_from(&mut self.stream, &mut self.buf)
     }
 }
 
@@ -701,18 +692,23 @@ pub fn raw_upgrade(addr: SocketAddr, target: &str, extra: &[(&str, &str)]) -> (u
     RawWs::after_upgrade(stream)
 }
 
+/// Reads what `stream` has onto `buf`; false on end of stream or reset.
+fn fill_from(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+        Err(e) => panic!("read failed: {e}"),
+    }
+}
+
 impl RawWs {
     fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 8192];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
-            Err(e) => panic!("read failed: {e}"),
-        }
+        fill_from(&mut self.stream, &mut self.buf)
     }
 
     /// Writes one frame: `first` is the FIN bit and opcode byte, `payload` is masked
